@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from sandbox.ports import free_port, wait_for_port
+from sandbox.processes import die_with_parent
 
 
 class ServerBinaryMissing(RuntimeError):
@@ -60,12 +61,13 @@ class _ChildServer:
         if self.running:
             return
         log = self._log_path().open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603 - argv built from installed binaries
+        self.proc = subprocess.Popen(
             self._argv(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             user=self._popen_user(),
+            preexec_fn=die_with_parent,
             cwd=self._log_path().parent,
         )
         log.close()
@@ -167,9 +169,13 @@ class PostgresServer(_ChildServer):
         argv = [str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", self.user]
         argv += ["-A", "scram-sha-256" if self.password else "trust"]
         argv += [f"--pwfile={pwfile}", "--no-sync", "--no-instructions"]
-        subprocess.run(  # noqa: S603
-            argv, check=True, capture_output=True, env={**os.environ, "LC_ALL": "C"},
-            user=self.run_as, cwd=self.data_dir.parent,
+        subprocess.run(
+            argv,
+            check=True,
+            capture_output=True,
+            env={**os.environ, "LC_ALL": "C"},
+            user=self.run_as,
+            cwd=self.data_dir.parent,
         )
         pwfile.unlink()
         self._initialised = True
@@ -178,7 +184,7 @@ class PostgresServer(_ChildServer):
         # The port opens before the server accepts logins; wait until it answers.
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            result = subprocess.run(  # noqa: S603
+            result = subprocess.run(
                 [str(self.bin / "pg_isready"), "-h", self.host, "-p", str(self.port)],
                 capture_output=True,
             )
@@ -194,7 +200,7 @@ class PostgresServer(_ChildServer):
         argv = [str(self.bin / "createdb"), "-h", self.host, "-p", str(self.port)]
         argv += ["-U", self.user, self.database]
         env = {**os.environ, "PGPASSWORD": self.password}
-        subprocess.run(argv, check=True, capture_output=True, env=env)  # noqa: S603
+        subprocess.run(argv, check=True, capture_output=True, env=env)
         self._database_created = True
 
     def remove(self) -> None:

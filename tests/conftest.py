@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.servers import PostgresServer, RedisServer, ServerBinaryMissing
+from sandbox.client import SandboxProcess
+from sandbox.servers import (
+    PostgresServer,
+    RedisServer,
+    ServerBinaryMissing,
+    find_pg_bin,
+    find_redis_server,
+)
+from tests.helpers import wait_for
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -45,3 +53,58 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    """One sandbox for the session; tests heal what they break."""
+    _require_binaries()
+    proc = SandboxProcess(
+        tmp_path_factory.mktemp("sandbox"),
+        env={"MLFLOW_CB_RECOVERY_TIMEOUT": "2", "MLFLOW_CB_FAILURE_THRESHOLD": "3"},
+    )
+    with proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def legacy_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    _require_binaries()
+    proc = SandboxProcess(
+        tmp_path_factory.mktemp("legacy-sandbox"),
+        flavor="legacy",
+        env={"MLFLOW_CB_RECOVERY_TIMEOUT": "2", "MLFLOW_CB_FAILURE_THRESHOLD": "3"},
+    )
+    with proc:
+        yield proc
+
+
+def _require_binaries() -> None:
+    try:
+        find_pg_bin()
+        find_redis_server()
+    except ServerBinaryMissing as exc:
+        _missing(exc)
+
+
+@pytest.fixture
+def healed(sandbox: SandboxProcess) -> Iterator[SandboxProcess]:
+    """The shared sandbox, healed and converged again after the test."""
+    yield sandbox
+    sandbox.client.heal()
+    wait_for(lambda: converged(sandbox), 90, "sandbox to converge after healing")
+
+
+def converged(sandbox: SandboxProcess) -> bool:
+    status = sandbox.client.status()
+    return (
+        all(
+            len(s["deployments"]) == 1
+            and s["deployments"][0]["rollout_state"] == "COMPLETED"
+            and s["running"] == s["desired"]
+            and all(r["health"] == "healthy" for r in s["replicas"])
+            for s in status["services"].values()
+        )
+        and status["postgres"] == "up"
+        and status["redis"] == "up"
+    )

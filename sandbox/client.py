@@ -1,0 +1,126 @@
+"""Talking to a running sandbox, and running one as a child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from sandbox import statefiles
+
+
+class SandboxClient:
+    """The control API, over HTTP."""
+
+    def __init__(self, control_url: str, timeout: float = 30.0) -> None:
+        self._http = httpx.Client(base_url=control_url, timeout=timeout)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        resp = self._http.request(method, path, json=body)
+        if resp.status_code == 400:
+            raise ValueError(resp.json().get("detail", resp.text))
+        resp.raise_for_status()
+        return resp.json()
+
+    def fault(
+        self,
+        name: str,
+        replica: int | None = None,
+        all: bool = False,
+        ms: int | None = None,
+        component: str | None = None,
+    ) -> dict[str, Any]:
+        body = {"replica": replica, "all": all, "ms": ms, "component": component}
+        result: dict[str, Any] = self._call("POST", f"/faults/{name}", body)
+        return result
+
+    def heal(self, name: str | None = None) -> list[str]:
+        healed: list[str] = self._call("POST", "/heal", {"name": name})["healed"]
+        return healed
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/status")
+        return result
+
+    def request_counts(self) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = self._call("GET", "/requests")["replicas"]
+        return result
+
+    def reset_request_counts(self) -> None:
+        self._call("POST", "/requests/reset")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class SandboxProcess:
+    """`python -m sandbox up` as a child process; ready when sandbox.json appears."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        flavor: str = "contract",
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.argv = [sys.executable, "-m", "sandbox", "up", "--state-dir", str(self.state_dir)]
+        self.argv += ["--registry-flavor", flavor, *(extra_args or [])]
+        self.env = {**os.environ, **(env or {})}
+        self.startup_timeout = startup_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+        self.client: SandboxClient
+
+    def start(self) -> SandboxProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        statefiles.remove(self.state_dir)
+        log = (self.state_dir / "sandbox.log").open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+        )
+        log.close()
+        deadline = time.monotonic() + self.startup_timeout
+        ready = self.state_dir / statefiles.JSON_NAME
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (self.state_dir / "sandbox.log").read_text()[-3000:]
+                raise RuntimeError(f"sandbox did not start:\n{tail}")
+            time.sleep(0.05)
+        self.info = statefiles.read(self.state_dir)
+        self.client = SandboxClient(self.info["control_url"])
+        return self
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "client"):
+            self.client.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> SandboxProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

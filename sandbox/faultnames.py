@@ -1,0 +1,17 @@
+"""The sandbox's fault names (kept import-light for the command line)."""
+
+FAULTS = (
+    "mlflow-down",
+    "mlflow-slow",
+    "mlflow-errors",
+    "breaker-stuck-open",
+    "registry-wedged",
+    "registry-hung",
+    "redis-down",
+    "postgres-down",
+    "ecs-tasks-crashed",
+    "alb-targets-unhealthy",
+    "aws-throttling",
+    "latency",
+)
+LATENCY_COMPONENTS = ("registry", "alb", "mlflow", "postgres", "redis", "aws")
