@@ -1,0 +1,143 @@
+"""diagnose-service-health: every component checked concurrently under one deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.states import Completed, Failed, State
+
+from service_health.assessment import build_report
+from service_health.models import CheckResult, DiagnosticReport, Verdict
+from service_health.redaction import Redactor
+from service_health.rendering import checks_table, report_markdown
+from service_health.settings import Target
+from tasks import checks
+from tasks.config import load_target, with_secrets
+from tasks.evidence import Evidence
+
+Check = Callable[..., Coroutine[Any, Any, CheckResult]]
+
+# Report check name -> the task producing it. ALB, ECS, RDS and CloudWatch are separate
+# tasks whose results the report groups under aws_infrastructure.
+CHECKS: dict[str, Check] = {
+    "api_connectivity": checks.check_api_connectivity,
+    "health_endpoints": checks.check_health_endpoints,
+    "circuit_breaker": checks.check_circuit_breaker,
+    "mlflow_service": checks.check_mlflow,
+    "database": checks.check_database,
+    "redis": checks.check_redis,
+    "alb": checks.check_alb,
+    "ecs": checks.check_ecs,
+    "rds": checks.check_rds,
+    "cloudwatch": checks.check_cloudwatch,
+    "service_metrics": checks.check_service_metrics,
+}
+NEEDS_REDACTOR = {"database", "redis"}
+
+
+async def run_checks(target: Target, deadline_s: float) -> dict[str, CheckResult]:
+    """Every check concurrently; one still running at the deadline is an `error` result."""
+    redactor = Redactor(target.secret_values())
+    api_key = target.api_key.get_secret_value() if target.api_key else None
+    async with Evidence(target, api_key) as ev:
+        started = time.perf_counter()
+
+        async def timed(check: Check, *args: Any) -> CheckResult:
+            result = await check(*args)
+            duration = round((time.perf_counter() - started) * 1000, 1)
+            return result.model_copy(update={"duration_ms": result.duration_ms or duration})
+
+        running: dict[str, asyncio.Task[CheckResult]] = {}
+        for name, check in CHECKS.items():
+            args = (ev, redactor) if name in NEEDS_REDACTOR else (ev,)
+            running[name] = asyncio.create_task(timed(check, *args))
+        await asyncio.wait(running.values(), timeout=deadline_s)
+        results: dict[str, CheckResult] = {}
+        for name, job in running.items():
+            if not job.done():
+                job.cancel()
+                results[name] = CheckResult.failed(
+                    name,
+                    f"timed out: still running at the {deadline_s:g}s deadline",
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            elif job.exception() is not None:
+                exc = job.exception()
+                results[name] = CheckResult.failed(
+                    name, redactor.text(f"check failed: {type(exc).__name__}: {exc}")[:500]
+                )
+            else:
+                results[name] = job.result()
+        return results
+
+
+def final_state(report: DiagnosticReport) -> State[Any]:
+    verdict = report.overall_status
+    message = f"{report.target}: {verdict.value}"
+    if report.critical_issues:
+        message += f" - {report.critical_issues[0]}"
+    if verdict is Verdict.CRITICAL:
+        return Failed(name=verdict.state_name, message=message, data=report)
+    return Completed(name=verdict.state_name, message=message, data=report)
+
+
+@flow(name="diagnose-service-health")
+async def diagnose_service_health(
+    target: str = "env",
+    api_url: str | None = None,
+    mlflow_url: str | None = None,
+    aws_region: str | None = None,
+    deadline_seconds: float | None = None,
+    slow_response_seconds: float | None = None,
+) -> State[Any]:
+    """Check every component of the service and give a verdict: healthy, degraded, critical.
+
+    Args:
+        target: Target name from targets.yaml; "env" reads everything from the environment.
+        api_url: Override the target's API URL.
+        mlflow_url: Override the target's MLflow tracking URL.
+        aws_region: Override the target's AWS region.
+        deadline_seconds: Deadline for the whole check phase (default 30 s).
+        slow_response_seconds: API response time above which a warning is raised (default 5 s).
+    """
+    logger = get_run_logger()
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    resolved = await with_secrets(
+        load_target(
+            target, {"api_url": api_url, "mlflow_url": mlflow_url, "aws_region": aws_region}
+        )
+    )
+    thresholds = resolved.thresholds.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "deadline_s": deadline_seconds,
+                "slow_response_s": slow_response_seconds,
+            }.items()
+            if v is not None
+        }
+    )
+    resolved = resolved.model_copy(update={"thresholds": thresholds})
+    logger.info("Diagnosing %s at %s", resolved.name, resolved.api_url)
+
+    results = await run_checks(resolved, thresholds.deadline_s)
+    report = build_report(resolved.name, results, started_at, time.perf_counter() - started)
+    redactor = Redactor(resolved.secret_values())
+    report = DiagnosticReport.model_validate(redactor.obj(report.model_dump(mode="json")))
+
+    key = f"diagnosis-{resolved.slug}"
+    await acreate_markdown_artifact(
+        key=key, markdown=report_markdown(report), description=f"Diagnosis of {resolved.name}"
+    )
+    await acreate_table_artifact(
+        key=f"{key}-checks", table=checks_table(report), description=f"Checks of {resolved.name}"
+    )
+    logger.info("Verdict for %s: %s", resolved.name, report.overall_status.value)
+    return final_state(report)

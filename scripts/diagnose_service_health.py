@@ -1,0 +1,91 @@
+#!/usr/bin/env -S uv run
+"""Diagnose the Hokusai registry service (seed-compatible command line).
+
+Exit codes: 0 healthy, 1 degraded or warnings, 2 critical, 64 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts._common import EXIT_CONFIG, prepare_environment
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--api-url", help="API base URL (default: target or API_URL)")
+    p.add_argument("--api-key", help="API key (default: API_KEY); never stored or printed")
+    p.add_argument("--aws-region", help="AWS region (default: target or AWS_REGION)")
+    p.add_argument("--output", type=Path, help="write the JSON report to this file")
+    p.add_argument("--verbose", action="store_true", help="show Prefect and check logs")
+    p.add_argument("--target", help="target name from targets.yaml (default: environment only)")
+    p.add_argument(
+        "--sandbox", action="store_true", help="start the embedded sandbox and diagnose it"
+    )
+    p.add_argument("--deadline", type=float, help="deadline for the check phase, seconds")
+    return p.parse_args(argv)
+
+
+async def _diagnose(args: argparse.Namespace) -> Any:
+    from flows.diagnose import diagnose_service_health
+
+    return await diagnose_service_health(
+        target=args.target or "env",
+        api_url=args.api_url,
+        aws_region=args.aws_region,
+        deadline_seconds=args.deadline,
+        return_state=True,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from service_health.models import DiagnosticReport
+    from service_health.rendering import human_summary
+    from service_health.settings import ConfigError
+
+    try:
+        state = asyncio.run(_diagnose(args))
+        report = state.result(raise_on_failure=False)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(report, ConfigError):
+        print(f"configuration error: {report}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not isinstance(report, DiagnosticReport):
+        print(f"diagnosis did not complete: {state.message}", file=sys.stderr)
+        return 2
+    print(human_summary(report))
+    if args.output:
+        args.output.write_text(json.dumps(report.to_seed_json(), indent=2) + "\n")
+        print(f"\nReport written to {args.output}")
+    return report.overall_status.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prepare_environment(verbose=args.verbose, api_key=args.api_key)
+    if not args.sandbox:
+        return run(args)
+    from sandbox.client import SandboxProcess
+    from sandbox.statefiles import env_lines
+
+    with tempfile.TemporaryDirectory(prefix="hokusai-sandbox-") as state_dir:
+        print("Starting the sandbox (PostgreSQL, Redis, MLflow, registry replicas, AWS)...")
+        with SandboxProcess(Path(state_dir)) as sandbox:
+            os.environ.update(env_lines(sandbox.info))
+            args.target = args.target or "sandbox"
+            return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""One Prefect task per diagnostic check.
+
+Each task reads what it needs from the shared `Evidence` (so nothing is fetched twice)
+and hands it to the pure assessment rules. Transient failures are retried where the I/O
+happens (tenacity for HTTP, botocore's adaptive mode for AWS); a task-level retry covers
+only a transient exception that escapes, never a definitive answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec
+
+import httpx
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from prefect import Task, task
+from prefect.cache_policies import NONE
+from prefect.tasks import exponential_backoff
+
+from service_health import assessment
+from service_health.models import CheckResult
+from service_health.redaction import Redactor
+from tasks.datastores import probe_postgres, probe_redis
+from tasks.evidence import ENDPOINTS, Evidence
+
+TRANSIENT = (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError)
+
+
+def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except TRANSIENT:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+P = ParamSpec("P")
+CheckFn = Callable[P, Coroutine[Any, Any, CheckResult]]
+
+
+def check_task(name: str) -> Callable[[CheckFn[P]], Task[P, Coroutine[Any, Any, CheckResult]]]:
+    """The task options every check shares. No caching: each run reads the service anew."""
+    return task(
+        name=name,
+        cache_policy=NONE,
+        retries=2,
+        retry_delay_seconds=exponential_backoff(backoff_factor=0.5),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=_transient_only,
+        persist_result=False,
+    )
+
+
+@check_task(name="check-api-connectivity")
+async def check_api_connectivity(ev: Evidence) -> CheckResult:
+    return assessment.assess_api_connectivity(
+        await ev.endpoint("/health"), ev.target.thresholds.slow_response_s
+    )
+
+
+@check_task(name="check-health-endpoints")
+async def check_health_endpoints(ev: Evidence) -> CheckResult:
+    views, _ = await ev.breaker_views()
+    direct = next((v for k, v in views.items() if not k.startswith("sample-")), None)
+    observations: dict[str, Any] = {}
+    for path in ENDPOINTS:
+        # A replica's own /health/mlflow answer stands in for the load balancer's, so that
+        # no replica is asked twice.
+        if path == "/health/mlflow" and direct is not None:
+            observations[path] = direct
+        else:
+            observations[path] = await ev.endpoint(path)
+    return assessment.assess_health_endpoints(observations, ev.target.thresholds.slow_response_s)
+
+
+@check_task(name="check-circuit-breaker")
+async def check_circuit_breaker(ev: Evidence) -> CheckResult:
+    (views, partial), ready, metrics = await asyncio.gather(
+        ev.breaker_views(), ev.endpoint("/ready"), ev.endpoint("/metrics")
+    )
+    return assessment.assess_circuit_breaker(views, ready, metrics, partial)
+
+
+@check_task(name="check-mlflow")
+async def check_mlflow(ev: Evidence) -> CheckResult:
+    if not ev.target.mlflow_url:
+        return assessment.assess_mlflow(None, None)
+    health, search = await asyncio.gather(
+        ev.mlflow("/health"), ev.mlflow("/api/2.0/mlflow/experiments/search")
+    )
+    return assessment.assess_mlflow(health, search, ev.target.thresholds.slow_response_s)
+
+
+@check_task(name="check-database")
+async def check_database(ev: Evidence, redactor: Redactor) -> CheckResult:
+    t = ev.target
+    if t.database_url is None:
+        health, ready = await asyncio.gather(ev.endpoint("/health"), ev.endpoint("/ready"))
+        return assessment.assess_database_from_service(health, ready)
+    obs = await probe_postgres(
+        t.database_url.get_secret_value(), t.thresholds.request_timeout_s, redactor
+    )
+    return assessment.assess_database(obs, t.thresholds.db_slow_s)
+
+
+@check_task(name="check-redis")
+async def check_redis(ev: Evidence, redactor: Redactor) -> CheckResult:
+    t = ev.target
+    if t.redis_url is None:
+        health, ready = await asyncio.gather(ev.endpoint("/health"), ev.endpoint("/ready"))
+        return assessment.assess_redis_from_service(health, ready)
+    obs = await probe_redis(
+        t.redis_url.get_secret_value(), t.thresholds.request_timeout_s, redactor
+    )
+    return assessment.assess_redis(obs, t.thresholds.redis_slow_ms)
+
+
+@check_task(name="check-alb")
+async def check_alb(ev: Evidence) -> CheckResult:
+    t = ev.target
+    if not (t.alb_names or t.target_groups):
+        return assessment.assess_alb(None, {})
+    lbs = (
+        await ev.aws_call("elbv2", "describe_load_balancers", Names=t.alb_names)
+        if t.alb_names
+        else None
+    )
+    health = {}
+    if t.target_groups:
+        groups = await ev.target_groups()
+        for g in (groups.response or {}).get("TargetGroups", []):
+            health[g["TargetGroupName"]] = await ev.target_health(g["TargetGroupArn"])
+        if groups.response is None:
+            health = {"describe_target_groups": groups}
+    return assessment.assess_alb(lbs, health, non_critical_groups=t.mlflow_target_groups)
+
+
+@check_task(name="check-ecs")
+async def check_ecs(ev: Evidence) -> CheckResult:
+    t = ev.target
+    if not (t.ecs_cluster and t.ecs_services):
+        return assessment.assess_ecs(None, [])
+    non_critical = [t.mlflow_ecs_service] if t.mlflow_ecs_service else []
+    return assessment.assess_ecs(await ev.ecs_services(), t.ecs_services, non_critical)
+
+
+@check_task(name="check-rds")
+async def check_rds(ev: Evidence) -> CheckResult:
+    t = ev.target
+    if not t.rds_instances:
+        return assessment.assess_rds(None)
+    observations = await asyncio.gather(
+        *(
+            ev.aws_call("rds", "describe_db_instances", DBInstanceIdentifier=i)
+            for i in t.rds_instances
+        )
+    )
+    return assessment.assess_rds(list(observations), t.rds_instances)
+
+
+@check_task(name="check-cloudwatch")
+async def check_cloudwatch(ev: Evidence) -> CheckResult:
+    t = ev.target
+    if not t.alarm_prefix:
+        return assessment.assess_cloudwatch(None)
+    return assessment.assess_cloudwatch(
+        await ev.aws_call(
+            "cloudwatch", "describe_alarms", AlarmNamePrefix=t.alarm_prefix, StateValue="ALARM"
+        )
+    )
+
+
+@check_task(name="check-service-metrics")
+async def check_service_metrics(ev: Evidence) -> CheckResult:
+    return assessment.assess_metrics(await ev.endpoint("/metrics"))

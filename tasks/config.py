@@ -1,0 +1,57 @@
+"""Resolving a target: the targets file, the environment, overrides, Secret blocks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, cast
+
+from pydantic import SecretStr
+
+from service_health.settings import (
+    ConfigError,
+    Target,
+    TargetSpec,
+    load_env_settings,
+    load_targets,
+    resolve_target,
+)
+
+DEFAULT_TARGETS_FILE = Path(__file__).resolve().parents[1] / "targets.yaml"
+
+
+def targets_file() -> Path:
+    return Path(os.environ.get("HOKUSAI_TARGETS_FILE", DEFAULT_TARGETS_FILE))
+
+
+def read_targets() -> dict[str, TargetSpec]:
+    path = targets_file()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if "HOKUSAI_TARGETS_FILE" in os.environ:
+            raise ConfigError(f"targets file {path} not found") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"targets file {path} cannot be read: {exc.strerror}") from None
+    return load_targets(text)
+
+
+def load_target(name: str | None, overrides: dict[str, Any] | None = None) -> Target:
+    """The resolved target, without the secrets held in Prefect blocks (see `with_secrets`)."""
+    return resolve_target(name, read_targets(), load_env_settings(), overrides)
+
+
+async def with_secrets(target: Target) -> Target:
+    """Fill secrets named as Prefect Secret blocks in the target (environment wins)."""
+    from prefect.blocks.system import Secret
+
+    updates: dict[str, SecretStr] = {}
+    for field, block in target.secret_blocks.model_dump().items():
+        if block and getattr(target, field) is None:
+            try:
+                secret = cast(Secret[str], await Secret.aload(block))
+            except ValueError as exc:
+                raise ConfigError(f"Secret block {block!r} for {field} cannot be loaded") from exc
+            updates[field] = SecretStr(str(secret.get()))
+    return target.model_copy(update=updates) if updates else target
