@@ -45,7 +45,7 @@ async def run_checks(target: Target, deadline_s: float) -> dict[str, CheckResult
     """Every check concurrently; one still running at the deadline is an `error` result."""
     redactor = Redactor(target.secret_values())
     api_key = target.api_key.get_secret_value() if target.api_key else None
-    async with Evidence(target, api_key) as ev:
+    async with Evidence(target, api_key, time.monotonic() + deadline_s) as ev:
         started = time.perf_counter()
 
         async def timed(check: Check, *args: Any) -> CheckResult:

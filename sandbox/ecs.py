@@ -106,7 +106,9 @@ class EcsSimulation:
         }
         self._addresses = itertools.count(2)
         self._client = httpx.AsyncClient(
-            timeout=PROBE_TIMEOUT_S, limits=httpx.Limits(max_keepalive_connections=0)
+            timeout=PROBE_TIMEOUT_S,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={"User-Agent": "ELB-HealthChecker/2.0"},  # what an ALB target sees
         )
         # The simulation stands in for ECS's own control plane: it rides out throttling.
         self._elbv2 = aws.client(

@@ -9,6 +9,7 @@ need; concurrent asks for the same thing wait for the one request in flight.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -38,9 +39,14 @@ UNUSABLE_TARGET_STATES = frozenset({"draining", "unused"})
 
 
 class Evidence:
-    def __init__(self, target: Target, api_key: str | None) -> None:
+    def __init__(
+        self, target: Target, api_key: str | None, deadline_at: float | None = None
+    ) -> None:
         self.target = target
         self._api_key = api_key
+        # Monotonic time by which every answer must be in: requests and their retries are
+        # cut to fit, so a hung service shows as a timeout rather than a check cut short.
+        self._deadline_at = deadline_at
         self._memo: dict[Any, asyncio.Task[Any]] = {}
         limit = target.thresholds.per_service_concurrency
         self._limits = {"registry": asyncio.Semaphore(limit), "mlflow": asyncio.Semaphore(limit)}
@@ -65,6 +71,16 @@ class Evidence:
             task.cancel()
         await self._http.aclose()
 
+    def _budget(self) -> float:
+        """Seconds one request (with its retries) may still take."""
+        limit = self.target.thresholds.request_timeout_s
+        if self._deadline_at is None:
+            return limit * 3
+        return max(0.2, self._deadline_at - time.monotonic() - 0.5)
+
+    def _timeout(self) -> float:
+        return min(self.target.thresholds.request_timeout_s, self._budget())
+
     def _once(self, key: Any, make: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         if key not in self._memo:
             self._memo[key] = asyncio.ensure_future(make())
@@ -85,8 +101,9 @@ class Evidence:
                 "GET",
                 base.rstrip("/") + path,
                 retry=path not in BREAKER_FEEDING,
+                budget_s=self._budget(),
                 headers=self._headers(path),
-                timeout_s=self.target.thresholds.request_timeout_s,
+                timeout_s=self._timeout(),
                 replica=replica,
             )
 
@@ -181,16 +198,16 @@ class Evidence:
 
         async def go() -> HttpObservation:
             async with self._limits["mlflow"]:
-                if path == "/health":
-                    return await fetch_with_retries(
-                        self._http, "GET", base + path, retry=True,
-                        timeout_s=self.target.thresholds.request_timeout_s,
-                    )  # fmt: skip
+                method, body = ("GET", None) if path == "/health" else ("POST", {"max_results": 1})
                 return await fetch_with_retries(
-                    self._http, "POST", base + path, retry=True,
-                    json_body={"max_results": 1},
-                    timeout_s=self.target.thresholds.request_timeout_s,
-                )  # fmt: skip
+                    self._http,
+                    method,
+                    base + path,
+                    retry=True,
+                    budget_s=self._budget(),
+                    json_body=body,
+                    timeout_s=self._timeout(),
+                )
 
         return self._once(("mlflow", path), go)
 

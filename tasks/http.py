@@ -16,6 +16,7 @@ from tenacity import (
     AsyncRetrying,
     retry_if_result,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential_jitter,
 )
 
@@ -110,13 +111,17 @@ async def fetch_with_retries(
     *,
     retry: bool,
     attempts: int = 3,
+    budget_s: float = 30.0,
     **kwargs: Any,
 ) -> HttpObservation:
-    """`fetch`, retried on transient failures when `retry` (never for breaker-feeding calls)."""
+    """`fetch`, retried on transient failures when `retry` (never for breaker-feeding calls).
+
+    Retries stop after `attempts` or once `budget_s` has passed, whichever comes first.
+    """
     if not retry:
         return await fetch(client, method, url, **kwargs)
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(attempts),
+        stop=stop_after_attempt(attempts) | stop_after_delay(budget_s),
         wait=wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.2),
         retry=retry_if_result(is_transient),
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,

@@ -108,3 +108,30 @@ def converged(sandbox: SandboxProcess) -> bool:
         and status["postgres"] == "up"
         and status["redis"] == "up"
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """One temporary Prefect API server for the whole session; yields its URL.
+
+    Flows called in this process report to it; pass PREFECT_API_URL=<url> to subprocesses.
+    """
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        assert url, "the Prefect test harness did not publish its API URL"
+        yield str(url)
+
+
+@pytest.fixture
+def sandbox_env(sandbox: SandboxProcess, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The process environment a worker would have next to the shared sandbox."""
+    from sandbox.statefiles import env_lines
+
+    env = env_lines(sandbox.info)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env

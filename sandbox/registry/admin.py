@@ -73,6 +73,12 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         pass
 
 
+def _is_target_health_check(scope: Scope) -> bool:
+    # The load balancer's own health checks are infrastructure, not client requests.
+    agent = dict(scope.get("headers") or []).get(b"user-agent", b"")
+    return agent.startswith(b"ELB-HealthChecker")
+
+
 class SandboxMiddleware:
     """Outermost layer: counts every non-admin request, then applies the injected fault."""
 
@@ -84,7 +90,8 @@ class SandboxMiddleware:
         if scope["type"] != "http" or is_admin_path(scope["path"]):
             await self.app(scope, receive, send)
             return
-        self.controls.counts[request_key(scope)] += 1
+        if not _is_target_health_check(scope):
+            self.controls.counts[request_key(scope)] += 1
         latency_ms = self.controls.fault.latency_ms
         if latency_ms:
             await asyncio.sleep(latency_ms / 1000)

@@ -309,10 +309,12 @@ class _EndpointJudge:
             text = getattr(view, "error_text", None)
             if text:
                 self.per[key]["error_text"] = text
-            self.b.warning(
+            # Informational: these auxiliary views fail in every state of the deployed
+            # version, so they say nothing about health now; /health and /ready decide.
+            self.b.info(
                 f"{obs.label} answers HTTP {obs.status_code}: this view of the service is "
-                "unavailable (the deployed version fails response validation here)",
-                f"Fix the response model of {obs.path} in the service",
+                "unavailable (the deployed version fails response validation here; fix the "
+                f"response model of {obs.path})",
                 [obs.label],
             )
 
@@ -371,7 +373,7 @@ def assess_health_endpoints(
     """Judge the service from its health endpoints, keyed as in ENDPOINTS ("/ready", ...).
 
     Readiness 503 (or can_serve_traffic false) or an unhealthy /health is critical; degraded
-    mode is a warning; a 500 from /health?detailed=true or /health/status is a warning; a
+    mode is a warning; a 500 from /health?detailed=true or /health/status is info only; a
     connection reset is inconclusive (the producer marks it; a reset after another
     endpoint's 500 is not that endpoint's fault). /health/mlflow and /metrics are recorded
     here and judged by assess_circuit_breaker and assess_metrics.
