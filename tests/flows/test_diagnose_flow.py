@@ -126,6 +126,7 @@ def test_hung_registry_reports_within_the_deadline(
     healed.client.fault("registry-hung")
     started = time.monotonic()
     state, report = diagnose(deadline_seconds=4)
+    assert state.name == "Critical"
     elapsed = time.monotonic() - started
     assert elapsed < 4 + 3, f"took {elapsed:.1f}s"
     assert report.overall_status.value == "critical"
