@@ -1,11 +1,17 @@
-"""Direct reads of PostgreSQL and Redis: connect, one query, timings; never raising."""
+"""Direct reads of PostgreSQL and Redis: connect, one query, timings; never raising.
+
+The probes run in a worker thread with blocking clients: timed on the event loop, they
+would also measure every other check sharing it, and report a busy worker as a slow
+database.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import psycopg
-import redis.asyncio as aioredis
+import redis
 from redis.exceptions import RedisError
 
 from service_health.observations import PostgresObservation, RedisObservation
@@ -16,22 +22,24 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-async def probe_postgres(url: str, timeout_s: float, redactor: Redactor) -> PostgresObservation:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _postgres(url: str, timeout_s: float, redactor: Redactor) -> PostgresObservation:
     started = time.perf_counter()
     try:
-        conn = await psycopg.AsyncConnection.connect(
-            url, connect_timeout=max(1, round(timeout_s)), autocommit=True
-        )
+        conn = psycopg.connect(url, connect_timeout=max(1, round(timeout_s)), autocommit=True)
     except (psycopg.Error, OSError) as exc:
         return PostgresObservation(
             connect_ms=None, query_ms=None, error=redactor.text(_first_line(exc))
         )
     connect_ms = _ms(started)
     try:
-        async with conn:
+        with conn:
             started = time.perf_counter()
-            cur = await conn.execute("SELECT 1")
-            await cur.fetchone()
+            conn.execute("SELECT 1").fetchone()
             return PostgresObservation(
                 connect_ms=connect_ms,
                 query_ms=_ms(started),
@@ -44,24 +52,27 @@ async def probe_postgres(url: str, timeout_s: float, redactor: Redactor) -> Post
         )
 
 
-async def probe_redis(url: str, timeout_s: float, redactor: Redactor) -> RedisObservation:
-    client = aioredis.from_url(
+def _redis(url: str, timeout_s: float, redactor: Redactor) -> RedisObservation:
+    client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
     )
     try:
-        await client.ping()  # connects; the second PING measures the server, not the handshake
+        client.ping()  # connects; the second PING measures the server, not the handshake
         started = time.perf_counter()
-        await client.ping()
+        client.ping()
         ping_ms = _ms(started)
-        info = await client.info("server")
+        info = client.info("server")
         keep = {k: info[k] for k in ("redis_version", "uptime_in_seconds") if k in info}
         return RedisObservation(ping_ms=ping_ms, error=None, info=keep)
     except (RedisError, OSError) as exc:
         return RedisObservation(ping_ms=None, error=redactor.text(_first_line(exc)))
     finally:
-        await client.aclose()
+        client.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+async def probe_postgres(url: str, timeout_s: float, redactor: Redactor) -> PostgresObservation:
+    return await asyncio.to_thread(_postgres, url, timeout_s, redactor)
+
+
+async def probe_redis(url: str, timeout_s: float, redactor: Redactor) -> RedisObservation:
+    return await asyncio.to_thread(_redis, url, timeout_s, redactor)
