@@ -71,10 +71,13 @@ class SandboxProcess:
         env: dict[str, str] | None = None,
         startup_timeout: float = 120.0,
     ) -> None:
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).resolve()
         self.argv = [sys.executable, "-m", "sandbox", "up", "--state-dir", str(self.state_dir)]
         self.argv += ["--registry-flavor", flavor, *(extra_args or [])]
-        self.env = {**os.environ, **(env or {})}
+        # The project root on the path, so the sandbox starts from any working directory.
+        root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}

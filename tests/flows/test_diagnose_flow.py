@@ -144,7 +144,7 @@ def test_each_endpoint_fetched_at_most_once_per_replica(
     for replica, per_path in counts.items():
         assert per_path.get("GET /health/mlflow") == 1, (replica, per_path)
         assert all(n == 1 for n in per_path.values()), (replica, per_path)
-    total = {}
+    total: dict[str, int] = {}
     for per_path in counts.values():
         for path, n in per_path.items():
             total[path] = total.get(path, 0) + n

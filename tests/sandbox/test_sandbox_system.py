@@ -25,7 +25,7 @@ REQUIRED = [
 
 def aws(sandbox: SandboxProcess, service: str) -> Any:
     info = sandbox.info
-    return boto3.client(
+    return boto3.client(  # type: ignore[call-overload]
         service,
         region_name=info["aws_region"],
         endpoint_url=info["aws_endpoint_url"],
