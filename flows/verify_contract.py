@@ -1,0 +1,189 @@
+"""test-enhanced-health-checks: does a running service honour its health contract?
+
+The read-only tests run concurrently on one shared set of answers under one deadline; the
+two reset tests (the only requests that could change the service) run afterwards, so that
+a service wrongly accepting a reset cannot alter the evidence of the others, and are
+skipped in a read-only run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.states import Completed, Failed, State
+
+from service_health.contract import (
+    MUTATING_TESTS,
+    READ_ONLY_TESTS,
+    ContractReport,
+    ContractTestResult,
+    build_report,
+    report_markdown,
+    tests_table,
+)
+from service_health.redaction import Redactor
+from service_health.settings import ConfigError, Target
+from tasks import contract as tests
+from tasks.config import load_target, with_secrets
+from tasks.evidence import Evidence
+
+ReadOnlyTest = Callable[[Evidence], Coroutine[Any, Any, ContractTestResult]]
+MutatingTest = Callable[[str, float], Coroutine[Any, Any, ContractTestResult]]
+
+READ_ONLY: dict[str, ReadOnlyTest] = {
+    "basic_health": tests.basic_health,
+    "detailed_health": tests.detailed_health,
+    "readiness": tests.readiness,
+    "liveness": tests.liveness,
+    "mlflow_health": tests.mlflow_health,
+    "circuit_breaker_details": tests.circuit_breaker_details,
+    "service_status": tests.service_status,
+    "metrics": tests.metrics,
+    "graceful_degradation": tests.graceful_degradation,
+}
+MUTATING: dict[str, MutatingTest] = {
+    "reset_without_key_refused": tests.reset_without_key,
+    "reset_with_wrong_key_refused": tests.reset_with_wrong_key,
+}
+assert tuple(MUTATING) == MUTATING_TESTS and tuple(READ_ONLY) == READ_ONLY_TESTS
+
+
+def _failure(redactor: Redactor, exc: BaseException) -> str:
+    return redactor.text(f"{type(exc).__name__}: {exc}")[:500]
+
+
+async def run_read_only_tests(target: Target, deadline_s: float) -> dict[str, ContractTestResult]:
+    """Every read-only test concurrently; one still running at the deadline fails."""
+    redactor = Redactor(target.secret_values())
+    api_key = target.api_key.get_secret_value() if target.api_key else None
+    started = time.perf_counter()
+
+    def elapsed() -> float:
+        return round((time.perf_counter() - started) * 1000, 1)
+
+    async with Evidence(target, api_key, time.monotonic() + deadline_s) as ev:
+        running = {name: asyncio.create_task(test(ev)) for name, test in READ_ONLY.items()}
+        await asyncio.wait(running.values(), timeout=deadline_s)
+        results: dict[str, ContractTestResult] = {}
+        for name, job in running.items():
+            if not job.done():
+                job.cancel()
+                results[name] = ContractTestResult.errored(
+                    name, f"timed out: still running at the {deadline_s:g}s deadline", elapsed()
+                )
+            elif (exc := job.exception()) is not None:
+                results[name] = ContractTestResult.errored(name, _failure(redactor, exc), elapsed())
+            else:
+                results[name] = job.result()
+        return results
+
+
+async def run_mutating_tests(target: Target, read_only: bool) -> dict[str, ContractTestResult]:
+    """The reset tests, one after the other; skipped (not passed) in a read-only run."""
+    if read_only:
+        reason = "read-only run: no POST /health/mlflow/reset sent"
+        return {name: ContractTestResult.skipped(name, reason) for name in MUTATING}
+    redactor = Redactor(target.secret_values())
+    timeout_s = target.thresholds.request_timeout_s
+    results: dict[str, ContractTestResult] = {}
+    for name, test in MUTATING.items():
+        try:
+            results[name] = await test(target.api_url, timeout_s)
+        except Exception as exc:  # a test that raises is a failed test, never a crashed run
+            results[name] = ContractTestResult.errored(name, _failure(redactor, exc))
+    return results
+
+
+def final_state(report: ContractReport) -> State[Any]:
+    s = report.summary
+    message = f"{report.target}: {s.passed}/{s.total_tests} contract tests passed"
+    if s.skipped:
+        message += f", {s.skipped} skipped"
+    failed = report.failed_tests()
+    if failed:
+        message += f"; failed: {', '.join(failed)}"
+    if report.all_passed:
+        return Completed(name=report.state_name, message=message, data=report)
+    return Failed(name=report.state_name, message=message, data=report)
+
+
+@flow(name="test-enhanced-health-checks")
+async def verify_contract(
+    target: str = "env",
+    api_url: str | None = None,
+    read_only: bool = False,
+    deadline_seconds: float | None = None,
+    request_timeout_seconds: float | None = None,
+) -> State[Any]:
+    """Verify that the running service honours its health contract; Passed or Failed.
+
+    Args:
+        target: Target name from targets.yaml; "env" reads everything from the environment.
+        api_url: Override the target's API URL.
+        read_only: Skip the two POST /health/mlflow/reset tests (reported as skipped).
+        deadline_seconds: Deadline for the read-only tests together (default 30 s).
+        request_timeout_seconds: Timeout of one request (default 5 s).
+    """
+    logger = get_run_logger()
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    try:
+        resolved = await with_secrets(load_target(target, {"api_url": api_url}))
+    except ConfigError as exc:
+        # A clean one-line failure (no traceback in the run's logs); the command line maps
+        # it to exit code 64.
+        logger.error("Configuration error: %s", exc)
+        return Failed(name="Failed", message=f"configuration error: {exc}", data=exc)
+    updates = {
+        k: v
+        for k, v in {
+            "deadline_s": deadline_seconds,
+            "request_timeout_s": request_timeout_seconds,
+        }.items()
+        if v is not None
+    }
+    thresholds = resolved.thresholds.model_copy(update=updates)
+    resolved = resolved.model_copy(update={"thresholds": thresholds})
+    logger.info(
+        "Contract tests of %s at %s%s",
+        resolved.name,
+        resolved.api_url,
+        " (read-only)" if read_only else "",
+    )
+
+    results = await run_read_only_tests(resolved, thresholds.deadline_s)
+    results.update(await run_mutating_tests(resolved, read_only))
+    report = build_report(
+        resolved.name,
+        resolved.api_url,
+        started_at.isoformat(),
+        time.perf_counter() - started,
+        results,
+        read_only=read_only,
+    )
+    redactor = Redactor(resolved.secret_values())
+    report = ContractReport.model_validate(redactor.obj(report.model_dump(mode="json")))
+
+    key = f"contract-{resolved.slug}"
+    await acreate_markdown_artifact(
+        key=key,
+        markdown=report_markdown(report),
+        description=f"Health contract tests of {resolved.name}",
+    )
+    await acreate_table_artifact(
+        key=f"{key}-tests",
+        table=tests_table(report),
+        description=f"Health contract tests of {resolved.name}, one row per test",
+    )
+    for name, result in report.tests.items():
+        if result.diff:
+            logger.info("%s failed: %s", name, " | ".join(result.diff))
+    state = final_state(report)
+    logger.info("%s", state.message)
+    return state
