@@ -16,7 +16,7 @@ from service_health.assessment import build_report
 from service_health.models import CheckResult, DiagnosticReport, Verdict
 from service_health.redaction import Redactor
 from service_health.rendering import checks_table, report_markdown
-from service_health.settings import Target
+from service_health.settings import ConfigError, Target
 from tasks import checks
 from tasks.config import load_target, with_secrets
 from tasks.evidence import Evidence
@@ -109,11 +109,13 @@ async def diagnose_service_health(
     logger = get_run_logger()
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-    resolved = await with_secrets(
-        load_target(
-            target, {"api_url": api_url, "mlflow_url": mlflow_url, "aws_region": aws_region}
-        )
-    )
+    overrides = {"api_url": api_url, "mlflow_url": mlflow_url, "aws_region": aws_region}
+    try:
+        resolved = await with_secrets(load_target(target, overrides))
+    except ConfigError as exc:
+        # One clean line, no traceback; the command line maps it to exit code 64.
+        logger.error("Configuration error: %s", exc)
+        return Failed(name="Config error", message=f"configuration error: {exc}", data=exc)
     thresholds = resolved.thresholds.model_copy(
         update={
             k: v
