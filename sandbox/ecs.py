@@ -309,7 +309,9 @@ class EcsSimulation:
         for d in svc.deployments:
             d.running, d.pending = counts([r for r in svc.replicas if r.deployment_id == d.id])
         running, pending = counts(svc.replicas)
-        self.bridge.set_service_state(self.cluster, name, running, pending, svc.deployments)
+        self.bridge.set_service_state(
+            self.cluster, name, running, pending, svc.deployments, if_primary=svc.primary.id
+        )
 
     async def _publish_target_health(self) -> None:
         for name, svc in self.services.items():

@@ -101,22 +101,32 @@ class MotoBridge:
         running: int,
         pending: int,
         deployments: list[DeploymentState],
-    ) -> None:
+        if_primary: str | None = None,
+    ) -> bool:
         """Make describe_services report these counts and deployments.
 
         The PRIMARY deployment is stored first: moto's forced deployment rewrites the id
-        of deployments[0], and that must stay the primary's.
+        of deployments[0], and that must stay the primary's. With `if_primary`, nothing is
+        written (and False returned) when the stored primary is no longer that one: an
+        UpdateService arrived since the caller last looked, and must not be lost.
         """
         ordered = sorted(deployments, key=lambda d: d.status != "PRIMARY")
         with BACKEND_LOCK:
             backend = self._ecs()
             svc = self._service(cluster, service)
+            if (
+                if_primary is not None
+                and svc.deployments
+                and svc.deployments[0]["id"] != if_primary
+            ):
+                return False
             template = svc.deployments[0] if svc.deployments else {}
             new = [_deployment_dict(d, template) for d in ordered]
             svc.running_count = running
             svc.pending_count = pending
             svc.deployments = new
             _recount_cluster(backend, svc.cluster_name)
+        return True
 
     def add_service_event(self, cluster: str, service: str, message: str) -> None:
         """Prepend an event (describe_services lists them newest first)."""

@@ -75,11 +75,16 @@ def process_memory_mb() -> float:
     return round(psutil.Process().memory_info().rss / 2**20, 2)
 
 
+# Each replica stands for one ECS task, whose container sees its own CPU use, not that of
+# every process on this machine.
+_PROCESS = psutil.Process()
+
+
 def system_info(uptime: float) -> dict[str, Any]:
     memory = psutil.virtual_memory()
     return {
         # interval=None never blocks: the figure covers the time since the previous call.
-        "cpu_percent": psutil.cpu_percent(interval=None),
+        "cpu_percent": _PROCESS.cpu_percent(interval=None),
         "memory_percent": memory.percent,
         "memory_available_mb": round(memory.available / 2**20, 1),
         "process_memory_mb": process_memory_mb(),
