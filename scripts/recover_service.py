@@ -1,0 +1,85 @@
+#!/usr/bin/env -S uv run
+"""Recover the Hokusai registry service (seed-compatible command line).
+
+Diagnoses, plans the recovery by fixed rules, prints the plan and applies it (with
+--dry-run: only shows it; nothing is changed).
+
+Exit codes: 0 the service ends healthy (or already was), 1 otherwise (including a dry run
+that found work to do), 64 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts._common import EXIT_CONFIG, prepare_environment
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    p.add_argument("--api-url", help="API base URL (default: target or API_URL)")
+    p.add_argument("--api-key", help="API key (default: API_KEY); never stored or printed")
+    p.add_argument("--aws-region", help="AWS region (default: target or AWS_REGION)")
+    p.add_argument("--output", type=Path, help="write the recovery log as JSON to this file")
+    p.add_argument("--verbose", action="store_true", help="show Prefect and task logs")
+    p.add_argument("--target", help="target name from targets.yaml (default: environment only)")
+    p.add_argument(
+        "--stabilization-timeout",
+        type=float,
+        default=300.0,
+        help="longest wait for the service to stabilise, seconds (default 300)",
+    )
+    try:
+        return p.parse_args(argv)
+    except SystemExit as exc:
+        raise SystemExit(EXIT_CONFIG if exc.code else 0) from None
+
+
+async def _recover(args: argparse.Namespace) -> Any:
+    from flows.recover import recover_service
+
+    return await recover_service(
+        target=args.target or "env",
+        dry_run=args.dry_run,
+        require_approval=False,
+        stabilization_timeout_seconds=args.stabilization_timeout,
+        api_url=args.api_url,
+        aws_region=args.aws_region,
+        return_state=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prepare_environment(verbose=args.verbose, api_key=args.api_key)
+    from service_health.recovery import RecoveryResult
+    from service_health.recovery_rendering import result_text
+    from service_health.settings import ConfigError
+
+    state = asyncio.run(_recover(args))
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, ConfigError):
+        print(f"configuration error: {result}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not isinstance(result, RecoveryResult):
+        print(f"recovery did not complete: {state.message}", file=sys.stderr)
+        return 1
+    print(result_text(result))  # the plan, the recovery log and the outcome
+    if args.output:
+        args.output.write_text(json.dumps(result.to_seed_json(), indent=2) + "\n")
+        print(f"\nRecovery log written to {args.output}")
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
