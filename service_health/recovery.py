@@ -149,12 +149,18 @@ class RecoveryPlan(BaseModel):
 # --- what ECS says about the services' past -----------------------------------------------
 
 
+# ECS service tag recording the last restart forced by a recovery (the cooldown's clock).
+RESTART_TAG = "hokusai-health:last-recovery-restart"
+
+
 class ServiceHistory(BaseModel):
     """One ECS service as the cooldown and the plan need it."""
 
     name: str
     primary_deployment_id: str | None = None
-    # createdAt of the primary deployment: the last (re)start of the service.
+    # When a recovery last forced a new deployment of the service (its ECS tag
+    # RESTART_TAG); None when no recovery ever restarted it. Ordinary releases do not
+    # start the cooldown.
     last_deployment_at: datetime | None = None
     target_groups: list[str] = Field(default_factory=list)  # names, from loadBalancers
 
@@ -393,6 +399,7 @@ def verification_result(step: RecoveryStep, report: DiagnosticReport | None) -> 
 
 class ServiceRollout(BaseModel):
     name: str
+    arn: str | None = None
     status: str | None = None
     desired: int | None = None
     running: int | None = None
@@ -438,6 +445,7 @@ def read_rollouts(response: Mapping[str, Any] | None, names: Sequence[str]) -> l
         primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
         found[str(raw["serviceName"])] = ServiceRollout(
             name=str(raw["serviceName"]),
+            arn=str(raw["serviceArn"]) if raw.get("serviceArn") else None,
             status=raw.get("status"),
             desired=_int(raw.get("desiredCount")),
             running=_int(raw.get("runningCount")),

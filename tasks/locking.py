@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,12 +22,11 @@ async def ensure_lock(name: str) -> None:
         try:
             await client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            try:
+            # ObjectAlreadyExists: created meanwhile by a concurrent recovery.
+            with contextlib.suppress(ObjectAlreadyExists):
                 await client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=1)
                 )
-            except ObjectAlreadyExists:
-                pass  # created meanwhile by a concurrent recovery
 
 
 @asynccontextmanager

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, cast
 
 import httpx
@@ -49,6 +50,7 @@ from service_health.models import DiagnosticReport
 from service_health.observations import HttpObservation
 from service_health.parsing import parse_health, parse_mlflow_health
 from service_health.recovery import (
+    RESTART_TAG,
     ActionResult,
     EntryStatus,
     RecoveryHistory,
@@ -494,7 +496,13 @@ async def force_new_deployment(
     forced if the service already moved on to another deployment. data: service, applied
     (True / False / None when unknown), deployment_id, deployment_id_before, attempts.
     """
-    return await asyncio.to_thread(_force_sync, target, service, expected_deployment_id, attempts)
+    result = await asyncio.to_thread(_force_sync, target, service, expected_deployment_id, attempts)
+    if result.data.get("applied"):
+        # The cooldown's clock: a restart by a recovery, not an ordinary release.
+        problem = await asyncio.to_thread(_mark_restart, target, service)
+        if problem:
+            result.data["restart_tag_error"] = problem
+    return result
 
 
 # --- ALB target health ----------------------------------------------------------------------
@@ -879,19 +887,50 @@ def _history_sync(target: Target) -> RecoveryHistory:
         if r.status == "MISSING":
             problems.append(f"{r.name} not found")
             continue
+        restarted, problem = _last_restart(ecs, r.arn)
+        if problem:
+            problems.append(f"{r.name}: {problem}")
         services[r.name] = ServiceHistory(
             name=r.name,
             primary_deployment_id=r.primary_deployment_id,
-            last_deployment_at=parse_time(r.primary_created_at),
+            last_deployment_at=restarted,
             target_groups=[names[a] for a in r.target_group_arns if a in names],
         )
     return RecoveryHistory(services=services, error="; ".join(problems) or None)
 
 
+def _last_restart(ecs: Any, arn: str | None) -> tuple[datetime | None, str | None]:
+    """The service's RESTART_TAG, written when a recovery forced a deployment."""
+    if arn is None:
+        return None, None
+    obs = aws.call_sync(ecs, "ecs", "list_tags_for_resource", resourceArn=arn)
+    if obs.response is None:
+        return None, f"tags unreadable ({obs.error_code})"
+    for tag in obs.response.get("tags", []):
+        if tag.get("key") == RESTART_TAG:
+            return parse_time(tag.get("value")), None
+    return None, None
+
+
+def _mark_restart(target: Target, service: str) -> str | None:
+    """Tag the service with the time of this restart; the error code if that failed."""
+    ecs = make_read_client(target, "ecs")  # tagging is idempotent: retries are safe
+    rollouts, error = _describe(ecs, target, [service])
+    arn = rollouts[0].arn if rollouts else None
+    if arn is None:
+        return error or "service ARN unknown"
+    obs = aws.call_sync(
+        ecs, "ecs", "tag_resource", resourceArn=arn,
+        tags=[{"key": RESTART_TAG, "value": datetime.now(UTC).isoformat()}],
+    )  # fmt: skip
+    return obs.error_code
+
+
 @recovery_task(name="read-recovery-history")
 async def read_recovery_history(target: Target) -> RecoveryHistory:
-    """What ECS itself says about each service: its primary deployment (id and createdAt,
-    the last (re)start, for the cooldown) and its target groups. No local state."""
+    """What ECS itself says about each service: its primary deployment, when a recovery
+    last restarted it (its RESTART_TAG, for the cooldown) and its target groups. No local
+    state: any worker sees the same history."""
     return await asyncio.to_thread(_history_sync, target)
 
 
