@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import apause_flow_run
+from prefect.flow_runs import NotPausedError, apause_flow_run, aresume_flow_run
 from prefect.input import RunInput
 from prefect.states import Completed, Failed, State
 
@@ -38,6 +41,9 @@ from service_health.settings import ConfigError, Target
 from tasks.config import load_target, with_secrets
 from tasks.locking import target_lock
 from tasks.recovery import execute_step, read_recovery_history
+
+TIMED_OUT = "approval timed out"
+PAUSE_GRACE_S = 300  # Prefect's own pause timeout, beyond ours, never reached first
 
 
 class Approval(RunInput):
@@ -75,17 +81,37 @@ async def apply(
 
 
 async def ask_approval(plan: RecoveryPlan, timeout_s: int, poll_s: int) -> str | None:
-    """None when approved; otherwise why the plan will not be applied."""
+    """None when approved; otherwise why the plan will not be applied.
+
+    The approval window is kept here rather than by Prefect's pause timeout: a pause that
+    expires on the server can no longer be resumed, and the run could not record the
+    rejection. At the deadline the run answers for itself: rejected, approval timed out.
+    """
     logger = get_run_logger()
     logger.info("Recovery plan for %s waits for approval (%ss)", plan.target, timeout_s)
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None
+    run_id = context.flow_run.id
+
+    async def expire() -> None:
+        await asyncio.sleep(timeout_s)
+        # NotPausedError: the operator answered meanwhile.
+        with contextlib.suppress(NotPausedError):
+            await aresume_flow_run(run_id, run_input={"approve": False, "note": TIMED_OUT})
+
+    watchdog = asyncio.create_task(expire())
     try:
         answer = await apause_flow_run(
-            wait_for_input=Approval, timeout=timeout_s, poll_interval=poll_s
+            wait_for_input=Approval, timeout=timeout_s + PAUSE_GRACE_S, poll_interval=poll_s
         )
     except FlowPauseTimeout:
+        answer = None
+    finally:
+        watchdog.cancel()
+    if answer is None or answer.note == TIMED_OUT:
         return f"approval timed out after {timeout_s}s: nothing applied"
-    if answer is None or not answer.approve:
-        note = f" ({answer.note})" if answer is not None and answer.note else ""
+    if not answer.approve:
+        note = f" ({answer.note})" if answer.note else ""
         return f"rejected by the operator{note}: nothing applied"
     return None
 

@@ -1,0 +1,269 @@
+"""The recover flow end to end: a real Prefect server, the real sandbox, real ECS rollouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from flows.recover import recover_service
+from sandbox.client import SandboxProcess
+from service_health.recovery import RecoveryResult
+from tests.flows.test_diagnose_flow import breaker_open_everywhere
+from tests.helpers import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+REGISTRY, MLFLOW = "hokusai-registry", "hokusai-mlflow"
+
+
+def recover(**params: Any) -> tuple[Any, RecoveryResult]:
+    params = {"target": "sandbox", "cooldown_seconds": 0, "stabilization_timeout_seconds": 90,
+              **params}  # fmt: skip
+
+    async def go() -> Any:
+        return await recover_service(return_state=True, **params)
+
+    state = asyncio.run(go())
+    result = state.result(raise_on_failure=False)
+    assert isinstance(result, RecoveryResult), state
+    return state, result
+
+
+def ecs(sandbox: SandboxProcess) -> Any:
+    info = sandbox.info
+    return boto3.client(  # type: ignore[call-overload]
+        "ecs",
+        region_name=info["aws_region"],
+        endpoint_url=info["aws_endpoint_url"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def deployments_started(sandbox: SandboxProcess, service: str) -> int:
+    svc = ecs(sandbox).describe_services(cluster="hokusai-sandbox", services=[service])
+    events = svc["services"][0]["events"]
+    return sum("has started a new deployment" in e["message"] for e in events)
+
+
+def breaker_states(sandbox: SandboxProcess) -> dict[str, str]:
+    replicas = sandbox.client.status()["services"][REGISTRY]["replicas"]
+    return {
+        r["address"]: httpx.get(f"http://{r['address']}/health/mlflow", timeout=10).json()[
+            "circuit_breaker_state"
+        ]
+        for r in replicas
+    }
+
+
+def resets(sandbox: SandboxProcess) -> dict[str, int]:
+    return {
+        replica: counts.get("POST /health/mlflow/reset", 0)
+        for replica, counts in sandbox.client.request_counts().items()
+    }
+
+
+@pytest.fixture
+def env(prefect_server: str, sandbox_env: dict[str, str], healed: SandboxProcess) -> dict[str, str]:
+    return {**sandbox_env, "PREFECT_API_URL": prefect_server}
+
+
+def test_stuck_breaker_dry_run_changes_nothing_then_recovery_resets_it(
+    env: dict[str, str], healed: SandboxProcess, tmp_path: Path
+) -> None:
+    healed.client.fault("breaker-stuck-open")
+    healed.client.reset_request_counts()
+    started = deployments_started(healed, REGISTRY)
+    state, result = recover(dry_run=True)
+    assert state.name == "Planned"
+    assert [e.status.value for e in result.recovery_log] and all(
+        e.dry_run for e in result.recovery_log
+    )
+    assert set(breaker_states(healed).values()) == {"OPEN"}
+    assert sum(resets(healed).values()) == 0
+    assert deployments_started(healed, REGISTRY) == started
+
+    out = tmp_path / "recovery.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "recover_service.py"), "--target", "sandbox",
+         "--output", str(out)],
+        capture_output=True, text=True, timeout=240, env={**os.environ, **env}, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    data = json.loads(out.read_text())
+    assert {"start_time", "dry_run", "recovery_log", "overall_success", "duration_seconds"} <= set(
+        data
+    )
+    assert data["overall_success"] is True and data["dry_run"] is False
+    assert {"timestamp", "action", "status", "details"} <= set(data["recovery_log"][0])
+    assert set(breaker_states(healed).values()) == {"CLOSED"}
+    assert deployments_started(healed, REGISTRY) == started  # a reset needs no restart
+    assert healed.info["api_key"] not in run.stdout + run.stderr + out.read_text()
+
+
+def test_stuck_on_one_replica_resets_only_that_one(
+    healed: SandboxProcess, env: dict[str, str]
+) -> None:
+    (stuck,) = healed.client.fault("breaker-stuck-open", replica=1)["replicas"]
+    healed.client.reset_request_counts()
+    state, _ = recover(dry_run=False)
+    assert state.name == "Recovered"
+    counts = resets(healed)
+    assert counts[stuck] == 1
+    assert sum(counts.values()) == 1
+
+
+def test_crashed_tasks_redeploy_the_registry_only(
+    healed: SandboxProcess, env: dict[str, str]
+) -> None:
+    healed.client.fault("ecs-tasks-crashed")
+    wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 1, 10, "crash")
+    registry, mlflow = deployments_started(healed, REGISTRY), deployments_started(healed, MLFLOW)
+    state, result = recover(dry_run=False)
+    assert state.name == "Recovered", result.message
+    assert deployments_started(healed, REGISTRY) == registry + 1
+    assert deployments_started(healed, MLFLOW) == mlflow
+    ecs(healed).get_waiter("services_stable").wait(
+        cluster="hokusai-sandbox", services=[REGISTRY], WaiterConfig={"Delay": 1, "MaxAttempts": 5}
+    )
+
+
+def test_mlflow_down_restarts_mlflow_before_the_reset(
+    healed: SandboxProcess, env: dict[str, str]
+) -> None:
+    healed.client.fault("mlflow-down")
+    wait_for(lambda: breaker_open_everywhere(healed), 30, "breakers to open")
+    state, result = recover(dry_run=False)
+    actions = [e.action for e in result.recovery_log if e.status.value == "success"]
+    assert "force_deployment" in actions, actions
+    restart = actions.index("force_deployment")
+    assert "reset_breaker" not in actions or actions.index("reset_breaker") > restart
+    assert state.name == "Recovered", result.message
+    assert httpx.get(healed.info["mlflow_url"] + "/health", timeout=5).status_code == 200
+
+
+def test_database_down_escalates_without_mutation(
+    healed: SandboxProcess, env: dict[str, str]
+) -> None:
+    healed.client.fault("postgres-down")
+    healed.client.reset_request_counts()
+    registry = deployments_started(healed, REGISTRY)
+    state, result = recover(dry_run=False, stabilization_timeout_seconds=5)
+    assert state.name == "Failed" and state.is_failed()
+    assert result.exit_code == 1
+    assert any(e.status.value == "escalated" for e in result.recovery_log)
+    assert deployments_started(healed, REGISTRY) == registry
+    assert sum(resets(healed).values()) == 0
+
+
+def test_two_recoveries_at_once_apply_once(healed: SandboxProcess, env: dict[str, str]) -> None:
+    healed.client.fault("ecs-tasks-crashed")
+    wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 1, 10, "crash")
+    before = deployments_started(healed, REGISTRY)
+
+    async def both() -> list[Any]:
+        params = {"target": "sandbox", "dry_run": False, "cooldown_seconds": 0,
+                  "stabilization_timeout_seconds": 90, "return_state": True}  # fmt: skip
+        return list(await asyncio.gather(recover_service(**params), recover_service(**params)))
+
+    states = asyncio.run(both())
+    assert sorted(s.name for s in states) == ["Already healthy", "Recovered"]
+    assert deployments_started(healed, REGISTRY) == before + 1
+
+
+def test_cooldown_and_cap_are_honoured(healed: SandboxProcess, env: dict[str, str]) -> None:
+    healed.client.fault("ecs-tasks-crashed")
+    wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 1, 10, "crash")
+    state, _ = recover(dry_run=False)  # restarts the registry: the cooldown starts now
+    assert state.name == "Recovered"
+    healed.client.fault("ecs-tasks-crashed")
+    wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 1, 10, "crash")
+    before = deployments_started(healed, REGISTRY)
+    state, result = recover(dry_run=False, cooldown_seconds=600, stabilization_timeout_seconds=5)
+    assert state.name != "Recovered"
+    assert any("cooldown" in e.details for e in result.recovery_log if e.status.value == "skipped")
+    state, result = recover(dry_run=False, max_restarts=0, stabilization_timeout_seconds=5)
+    assert any("restart" in e.details for e in result.recovery_log if e.status.value == "skipped")
+    assert deployments_started(healed, REGISTRY) == before
+
+
+def _run_in_thread(**params: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        out["state"], out["result"] = recover(**params)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _paused_run_id(started_after: float) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    async def find() -> Any:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+                )
+            )
+        fresh = [r for r in runs if r.start_time and r.start_time.timestamp() >= started_after - 5]
+        return fresh[0].id if fresh else None
+
+    return asyncio.run(find())
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_approval_gates_the_plan(healed: SandboxProcess, env: dict[str, str], answer: bool) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    healed.client.fault("breaker-stuck-open")
+    healed.client.reset_request_counts()
+    started = time.time()
+    thread, out = _run_in_thread(dry_run=False, require_approval=True, approval_poll_seconds=1)
+    run_id = wait_for(lambda: _paused_run_id(started), 60, "the recovery to wait for approval")
+    assert sum(resets(healed).values()) == 0  # nothing applied while waiting
+    resume_flow_run(run_id, run_input={"approve": answer, "note": "test"})
+    thread.join(120)
+    assert out["state"].name == ("Recovered" if answer else "Rejected")
+    assert (sum(resets(healed).values()) > 0) is answer
+
+
+def test_approval_timeout_rejects(healed: SandboxProcess, env: dict[str, str]) -> None:
+    healed.client.fault("breaker-stuck-open")
+    healed.client.reset_request_counts()
+    state, result = recover(dry_run=False, require_approval=True, approval_timeout_seconds=2,
+                            approval_poll_seconds=1)  # fmt: skip
+    assert state.name == "Rejected"
+    assert any("timed out" in e.details for e in result.recovery_log)
+    assert sum(resets(healed).values()) == 0
+
+
+def test_aws_throttling_is_ridden_out_without_a_double_deployment(
+    healed: SandboxProcess, env: dict[str, str]
+) -> None:
+    healed.client.fault("ecs-tasks-crashed")
+    wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 1, 10, "crash")
+    healed.client.fault("aws-throttling")
+    before = deployments_started(healed, REGISTRY)
+    state, result = recover(dry_run=False)
+    assert state.name == "Recovered", result.message
+    healed.client.heal("aws-throttling")
+    assert deployments_started(healed, REGISTRY) == before + 1
