@@ -85,5 +85,5 @@ def test_secret_blocks_from_the_environment(prefect_server: str) -> None:
 
     from prefect.blocks.system import Secret
 
-    stored = asyncio.run(Secret.aload("hokusai-production-api-key"))
+    stored: Any = asyncio.run(Secret.aload("hokusai-production-api-key"))
     assert stored.get() == canary

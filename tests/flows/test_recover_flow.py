@@ -41,7 +41,7 @@ def recover(**params: Any) -> tuple[Any, RecoveryResult]:
 
 def ecs(sandbox: SandboxProcess) -> Any:
     info = sandbox.info
-    return boto3.client(  # type: ignore[call-overload]
+    return boto3.client(
         "ecs",
         region_name=info["aws_region"],
         endpoint_url=info["aws_endpoint_url"],
@@ -172,8 +172,13 @@ def test_two_recoveries_at_once_apply_once(healed: SandboxProcess, env: dict[str
     before = deployments_started(healed, REGISTRY)
 
     async def both() -> list[Any]:
-        params = {"target": "sandbox", "dry_run": False, "cooldown_seconds": 0,
-                  "stabilization_timeout_seconds": 90, "return_state": True}  # fmt: skip
+        params: dict[str, Any] = {
+            "target": "sandbox",
+            "dry_run": False,
+            "cooldown_seconds": 0,
+            "stabilization_timeout_seconds": 90,
+            "return_state": True,
+        }
         return list(await asyncio.gather(recover_service(**params), recover_service(**params)))
 
     states = asyncio.run(both())
