@@ -1,4 +1,4 @@
-"""`python -m sandbox`: up, fault, heal, status."""
+"""`python -m sandbox`: up, fault, heal, status, demo."""
 
 from __future__ import annotations
 
@@ -46,6 +46,17 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="faults, services, replicas")
     control(status)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole story, narrated: healthy, fault, caught, plan, recovery, healthy",
+    )
+    demo.add_argument(
+        "--fault", choices=FAULTS, default="breaker-stuck-open", help="a recoverable fault"
+    )
+    demo.add_argument(
+        "--state-dir", type=Path, default=None, help="sandbox state (default: a temporary dir)"
+    )
     return p
 
 
@@ -107,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if args.command == "up":
         return asyncio.run(_up(args))
+    if args.command == "demo":
+        from sandbox.demo import run_demo
+
+        return run_demo(fault=args.fault, state_dir=args.state_dir)
     client = _client(args)
     try:
         if args.command == "fault":

@@ -32,7 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sandbox", action="store_true", help="start the embedded sandbox and diagnose it"
     )
     p.add_argument("--deadline", type=float, help="deadline for the check phase, seconds")
-    return p.parse_args(argv)
+    try:
+        return p.parse_args(argv)
+    except SystemExit as exc:  # bad flags are a usage error: 64, as the seed tools' callers expect
+        raise SystemExit(EXIT_CONFIG if exc.code else 0) from None
 
 
 async def _diagnose(args: argparse.Namespace) -> Any:
