@@ -7,7 +7,6 @@ Exit codes: 0 healthy, 1 degraded or warnings, 2 critical, 64 usage or configura
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, prepare_environment
+from scripts._common import EXIT_CONFIG, prepare_environment, run_flow
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,20 +52,10 @@ async def _diagnose(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from service_health.models import DiagnosticReport
     from service_health.rendering import human_summary
-    from service_health.settings import ConfigError
 
-    try:
-        state = asyncio.run(_diagnose(args))
-        report = state.result(raise_on_failure=False)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if isinstance(report, ConfigError):
-        print(f"configuration error: {report}", file=sys.stderr)
-        return EXIT_CONFIG
-    if not isinstance(report, DiagnosticReport):
-        print(f"diagnosis did not complete: {state.message}", file=sys.stderr)
-        return 2
+    report = run_flow(lambda: _diagnose(args), DiagnosticReport, "diagnosis", 2)
+    if isinstance(report, int):
+        return report
     print(human_summary(report))
     if args.output:
         args.output.write_text(json.dumps(report.to_seed_json(), indent=2) + "\n")

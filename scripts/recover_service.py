@@ -11,7 +11,6 @@ that found work to do), 64 usage or configuration error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, prepare_environment
+from scripts._common import EXIT_CONFIG, prepare_environment, run_flow
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,16 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     prepare_environment(verbose=args.verbose, api_key=args.api_key)
     from service_health.recovery import RecoveryResult
     from service_health.recovery_rendering import result_text
-    from service_health.settings import ConfigError
 
-    state = asyncio.run(_recover(args))
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, ConfigError):
-        print(f"configuration error: {result}", file=sys.stderr)
-        return EXIT_CONFIG
-    if not isinstance(result, RecoveryResult):
-        print(f"recovery did not complete: {state.message}", file=sys.stderr)
-        return 1
+    result = run_flow(lambda: _recover(args), RecoveryResult, "recovery", 1)
+    if isinstance(result, int):
+        return result
     print(result_text(result))  # the plan, the recovery log and the outcome
     if args.output:
         args.output.write_text(json.dumps(result.to_seed_json(), indent=2) + "\n")

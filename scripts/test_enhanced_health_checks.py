@@ -12,7 +12,6 @@ Exit codes: 0 every test passed, 1 any test failed, 64 usage or configuration er
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, prepare_environment
+from scripts._common import EXIT_CONFIG, prepare_environment, run_flow
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,20 +63,10 @@ async def _verify(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from service_health.contract import ContractReport, human_summary
-    from service_health.settings import ConfigError
 
-    try:
-        state = asyncio.run(_verify(args))
-        report = state.result(raise_on_failure=False)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if isinstance(report, ConfigError):
-        print(f"configuration error: {report}", file=sys.stderr)
-        return EXIT_CONFIG
-    if not isinstance(report, ContractReport):
-        print(f"contract tests did not complete: {state.message}", file=sys.stderr)
-        return 1
+    report = run_flow(lambda: _verify(args), ContractReport, "contract tests", 1)
+    if isinstance(report, int):
+        return report
     print(human_summary(report, verbose=args.verbose))
     if args.output:
         args.output.write_text(json.dumps(report.to_seed_json(), indent=2) + "\n")
