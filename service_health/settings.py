@@ -37,6 +37,8 @@ class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     slow_response_s: float = Field(5.0, gt=0)
+    # The registry's own MLflow client gives up after 2 s: slower answers fail there.
+    mlflow_slow_s: float = Field(2.0, gt=0)
     db_slow_s: float = Field(1.0, gt=0)
     redis_slow_ms: float = Field(100.0, gt=0)
     deadline_s: float = Field(30.0, gt=0)  # the whole diagnosis, all checks included

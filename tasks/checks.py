@@ -91,7 +91,7 @@ async def check_mlflow(ev: Evidence) -> CheckResult:
     health, search = await asyncio.gather(
         ev.mlflow("/health"), ev.mlflow("/api/2.0/mlflow/experiments/search")
     )
-    return assessment.assess_mlflow(health, search, ev.target.thresholds.slow_response_s)
+    return assessment.assess_mlflow(health, search, ev.target.thresholds.mlflow_slow_s)
 
 
 @check_task(name="check-database")
