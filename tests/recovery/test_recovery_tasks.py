@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 import tasks.recovery as recovery_tasks
-from flows.diagnose import run_checks
+from flows.recover import apply as apply_plan
+from flows.recover import diagnose
 from sandbox.client import SandboxProcess
-from service_health.assessment import build_report
 from service_health.models import DiagnosticReport, Verdict
 from service_health.planning import plan_recovery
 from service_health.recovery import (
@@ -24,9 +24,7 @@ from service_health.recovery import (
     Outcome,
     RecoveryStep,
     StepKind,
-    blocked_result,
     build_result,
-    prepare_step,
 )
 from service_health.settings import Target
 from tasks.recovery import (
@@ -287,34 +285,14 @@ def test_wait_for_mlflow(healed: SandboxProcess, target: Target) -> None:
 # --- the whole story, composed as a flow would ------------------------------------------------
 
 
-async def diagnose(target: Target) -> DiagnosticReport:
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    checks = await run_checks(target, target.thresholds.deadline_s)
-    return build_report(target.name, checks, started_at, time.perf_counter() - started)
-
-
 async def apply(
     target: Target, cooldown_s: float = 0
 ) -> tuple[Any, list[ActionResult], DiagnosticReport]:
-    """What flows/recover.py does between approval and the artifacts."""
+    """What flows/recover.py does between approval and the artifacts, with its own parts."""
     report = await diagnose(target)
     history = await read_recovery_history(target)
     plan = plan_recovery(report, target, history, cooldown_s=cooldown_s, max_restarts=2)
-    results: dict[int, ActionResult] = {}
-    for step in plan.steps:
-        ready = prepare_step(step, plan, results)
-        if isinstance(ready, str):
-            results[step.number] = blocked_result(step, ready)
-            continue
-        results[step.number] = await execute_step(
-            ready,
-            target,
-            target.api_key,
-            stabilization_timeout_s=90,
-            verify=lambda: diagnose(target),
-        )
-    return plan, list(results.values()), report
+    return plan, await apply_plan(plan, target, stabilization_timeout_s=90), report
 
 
 # Warnings about the host (the test machine's load), not about the service under repair.
