@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from service_health.rendering import checks_table, report_markdown
 from service_health.settings import ConfigError, Target
 from tasks import checks
 from tasks.config import load_target, with_secrets
+from tasks.deadline import TimedOut, gather_by_deadline
 from tasks.evidence import Evidence
 
 Check = Callable[..., Coroutine[Any, Any, CheckResult]]
@@ -53,27 +53,25 @@ async def run_checks(target: Target, deadline_s: float) -> dict[str, CheckResult
             duration = round((time.perf_counter() - started) * 1000, 1)
             return result.model_copy(update={"duration_ms": result.duration_ms or duration})
 
-        running: dict[str, asyncio.Task[CheckResult]] = {}
-        for name, check in CHECKS.items():
-            args = (ev, redactor) if name in NEEDS_REDACTOR else (ev,)
-            running[name] = asyncio.create_task(timed(check, *args))
-        await asyncio.wait(running.values(), timeout=deadline_s)
+        jobs = {
+            name: timed(check, *((ev, redactor) if name in NEEDS_REDACTOR else (ev,)))
+            for name, check in CHECKS.items()
+        }
+        outcomes = await gather_by_deadline(jobs, deadline_s)
         results: dict[str, CheckResult] = {}
-        for name, job in running.items():
-            if not job.done():
-                job.cancel()
+        for name, outcome in outcomes.items():
+            if isinstance(outcome, TimedOut):
                 results[name] = CheckResult.failed(
                     name,
                     f"timed out: still running at the {deadline_s:g}s deadline",
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
                 )
-            elif job.exception() is not None:
-                exc = job.exception()
+            elif isinstance(outcome, BaseException):
                 results[name] = CheckResult.failed(
-                    name, redactor.text(f"check failed: {type(exc).__name__}: {exc}")[:500]
+                    name, redactor.text(f"check failed: {type(outcome).__name__}: {outcome}")[:500]
                 )
             else:
-                results[name] = job.result()
+                results[name] = outcome
         return results
 
 

@@ -8,7 +8,6 @@ skipped in a read-only run.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from service_health.redaction import Redactor
 from service_health.settings import ConfigError, Target
 from tasks import contract as tests
 from tasks.config import load_target, with_secrets
+from tasks.deadline import TimedOut, gather_by_deadline
 from tasks.evidence import Evidence
 
 ReadOnlyTest = Callable[[Evidence], Coroutine[Any, Any, ContractTestResult]]
@@ -68,19 +68,21 @@ async def run_read_only_tests(target: Target, deadline_s: float) -> dict[str, Co
         return round((time.perf_counter() - started) * 1000, 1)
 
     async with Evidence(target, api_key, time.monotonic() + deadline_s) as ev:
-        running = {name: asyncio.create_task(test(ev)) for name, test in READ_ONLY.items()}
-        await asyncio.wait(running.values(), timeout=deadline_s)
+        outcomes = await gather_by_deadline(
+            {name: test(ev) for name, test in READ_ONLY.items()}, deadline_s
+        )
         results: dict[str, ContractTestResult] = {}
-        for name, job in running.items():
-            if not job.done():
-                job.cancel()
+        for name, outcome in outcomes.items():
+            if isinstance(outcome, TimedOut):
                 results[name] = ContractTestResult.errored(
                     name, f"timed out: still running at the {deadline_s:g}s deadline", elapsed()
                 )
-            elif (exc := job.exception()) is not None:
-                results[name] = ContractTestResult.errored(name, _failure(redactor, exc), elapsed())
+            elif isinstance(outcome, BaseException):
+                results[name] = ContractTestResult.errored(
+                    name, _failure(redactor, outcome), elapsed()
+                )
             else:
-                results[name] = job.result()
+                results[name] = outcome
         return results
 
 
