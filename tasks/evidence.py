@@ -113,6 +113,10 @@ class Evidence:
             ("lb", path), lambda: self._get(self.target.api_url, path, None, "registry")
         )
 
+    async def reread(self, path: str) -> HttpObservation:
+        """`path` through the load balancer again, now (not memoised)."""
+        return await self._get(self.target.api_url, path, None, "registry")
+
     def replica_endpoint(self, replica: str, path: str) -> Awaitable[HttpObservation]:
         return self._once(
             ("replica", replica, path),

@@ -27,6 +27,9 @@ DEFECTS: dict[str, set[str]] = {
     "unauthenticated-reset": {"reset_without_key_refused", "reset_with_wrong_key_refused"},
     "html-instead-of-json": {"service_status"},  # /health/status answers an HTML page
     "hanging-endpoint": {"mlflow_health", "circuit_breaker_details"},  # never answers
+    "ready-disagrees": {"graceful_degradation"},  # /ready always degraded, /health healthy
+    # /ready degraded on its first answer only (a dependency flickering): not a violation.
+    "ready-flickers-once": set(),
 }
 
 
@@ -68,9 +71,25 @@ def fake_registry(
             body["system_info"] = {"cpu_percent": cpu, "memory_percent": 40.0}
         return body
 
+    ready_answers = 0
+
     @app.get("/ready")
     async def ready() -> dict[str, Any]:
+        nonlocal ready_answers
+        ready_answers += 1
+        flicker = defect == "ready-disagrees" or (
+            defect == "ready-flickers-once" and ready_answers == 1
+        )
         mlflow = {"name": "mlflow", "passed": not breaker_open, "critical": False}
+        if flicker:
+            mlflow |= {"passed": False, "degraded_mode": True, "error": "MLflow call timed out"}
+            return {
+                "ready": True,
+                "can_serve_traffic": True,
+                "degraded_mode": True,
+                "checks": [{"name": "database", "passed": True, "critical": True}, mlflow],
+                "timestamp": _now(),
+            }
         if breaker_open:
             mlflow |= {"degraded_mode": True, "error": "Circuit breaker is OPEN"}
         return {
