@@ -14,7 +14,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import NotPausedError, apause_flow_run, aresume_flow_run
 from prefect.input import RunInput
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 
 from flows.diagnose import run_checks
 from service_health.assessment import build_report
@@ -158,7 +158,9 @@ async def recover_service(
         cooldown_seconds: An ECS service restarted more recently than this is not restarted.
         max_restarts: At most this many ECS services restarted in one run.
         stabilization_timeout_seconds: Longest wait for the service to stabilise.
-        lock_timeout_seconds: Longest wait for another recovery of this target to finish.
+        lock_timeout_seconds: Longest wait for another recovery of this target to finish;
+            past it this run ends Skipped, doing nothing (the automation uses a few seconds,
+            so critical diagnoses during a pending recovery do not queue more recoveries).
         approval_poll_seconds: How often a paused run checks for the operator's answer.
         api_url: Override the target's API URL.
         aws_region: Override the target's AWS region.
@@ -202,17 +204,18 @@ async def recover_service(
                 return done([], dry_run=False, rejected=True, extra_entries=[rejection_entry(why)])
         return done(await apply(plan, resolved, stabilization_timeout_seconds), dry_run=False)
 
-    if dry_run:
-        result = await plan_and_apply()  # no mutation: no need to wait for other runs
-    else:
-        try:
-            async with target_lock(resolved.slug, lock_timeout_seconds):
-                result = await plan_and_apply()
-        except TimeoutError:
-            message = (f"another recovery of {resolved.name} held the lock for "
-                       f"{lock_timeout_seconds:g}s: nothing applied")  # fmt: skip
-            logger.error(message)
-            return Failed(name="Failed", message=message)
+    async with contextlib.AsyncExitStack() as held:
+        if not dry_run:  # a dry run mutates nothing: no need to wait for other runs
+            try:
+                await held.enter_async_context(target_lock(resolved.slug, lock_timeout_seconds))
+            except TimeoutError:
+                # Another recovery is in charge (pending approval, applying or waiting):
+                # this one stands aside rather than queueing behind it.
+                message = (f"another recovery of {resolved.name} is in progress (it held the "
+                           f"lock for {lock_timeout_seconds:g}s): nothing done")  # fmt: skip
+                logger.warning(message)
+                return Cancelled(name="Skipped", message=message)
+        result = await plan_and_apply()
     await publish(result, resolved.slug, redactor)
     logger.info("Recovery of %s: %s", resolved.name, result.outcome.state_name)
     return final_state(result)

@@ -60,6 +60,7 @@ class Replica:
     ok_streak: int = 0
     fail_streak: int = 0
     forced_unhealthy: bool = False
+    stalled: bool = False  # fails every health check (a bad deployment's task)
     reason: str | None = None
 
     @property
@@ -79,6 +80,7 @@ class ServiceRuntime:
     replicas: list[Replica] = field(default_factory=list)
     deployments: list[DeploymentState] = field(default_factory=list)
     force_unhealthy: bool = False
+    stall_new: bool = False  # tasks started from now on fail their health checks
 
     @property
     def primary(self) -> DeploymentState:
@@ -225,6 +227,15 @@ class EcsSimulation:
             r.forced_unhealthy = on
         self.services[service].force_unhealthy = on
 
+    def set_rollouts_stalled(self, service: str, on: bool) -> None:
+        """Tasks started from now on fail their health checks, so a new deployment stays
+        IN_PROGRESS (the current tasks keep serving); off: every task is let through."""
+        svc = self.services[service]
+        svc.stall_new = on
+        if not on:
+            for r in svc.replicas:
+                r.stalled = False
+
     # -- the control loop -------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -350,6 +361,7 @@ class EcsSimulation:
     async def _spawn(self, svc: ServiceRuntime, r: Replica) -> None:
         r.health, r.ok_streak, r.fail_streak = "initial", 0, 0
         r.forced_unhealthy = False
+        r.stalled = svc.stall_new
         logfile = (self.log_dir / f"{svc.spec.name}-{r.task_id[:8]}.log").open("ab")
         env = {**os.environ, **svc.env, "REPLICA_ID": r.task_id, "ECS_TASK_ADDRESS": r.address}
         r.proc = await asyncio.create_subprocess_exec(
@@ -396,7 +408,9 @@ class EcsSimulation:
         if r.proc is None:
             return
         ok = False
-        if r.alive:
+        if r.alive and r.stalled:
+            r.reason = "Health checks failed with these codes: [503]"
+        elif r.alive:
             path = self.services[r.service].spec.health_check_path
             try:
                 resp = await self._client.get(f"http://{r.address}{path}")

@@ -11,6 +11,7 @@ FAULTS = (
     "postgres-down",
     "ecs-tasks-crashed",
     "alb-targets-unhealthy",
+    "ecs-rollout-stalled",
     "aws-throttling",
     "latency",
 )

@@ -286,6 +286,8 @@ class Sandbox:
             params["tasks"] = await self.ecs.crash(REGISTRY, everything=everything)
         elif name == "alb-targets-unhealthy":
             self.ecs.set_forced_unhealthy(REGISTRY, True)
+        elif name == "ecs-rollout-stalled":
+            self.ecs.set_rollouts_stalled(REGISTRY, True)
         elif name == "aws-throttling":
             self.aws.throttling = True
         elif name == "latency":
@@ -331,6 +333,8 @@ class Sandbox:
             await self.ecs.restart_dead(REGISTRY)
         elif name == "alb-targets-unhealthy":
             self.ecs.set_forced_unhealthy(REGISTRY, False)
+        elif name == "ecs-rollout-stalled":
+            self.ecs.set_rollouts_stalled(REGISTRY, False)
         elif name == "aws-throttling":
             self.aws.throttling = False
         elif name == "latency":

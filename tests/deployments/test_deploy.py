@@ -70,7 +70,9 @@ def test_setup_then_deploy_all(prefect_server: str) -> None:
     assert remediate.trigger.expect == {"prefect.flow-run.Critical"}
     (action,) = remediate.actions
     assert action.deployment_id == recover.id
-    assert action.parameters == {"target": "sandbox", "dry_run": False, "require_approval": True}
+    assert action.parameters == {
+        "target": "sandbox", "dry_run": False, "require_approval": True, "lock_timeout_seconds": 5
+    }  # fmt: skip
     assert not automations["remediate-production"].enabled
 
 
