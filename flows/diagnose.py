@@ -110,20 +110,13 @@ async def diagnose_service_health(
     overrides = {"api_url": api_url, "mlflow_url": mlflow_url, "aws_region": aws_region}
     try:
         resolved = await with_secrets(load_target(target, overrides))
+        thresholds = resolved.thresholds.with_overrides(
+            deadline_s=deadline_seconds, slow_response_s=slow_response_seconds
+        )
     except ConfigError as exc:
         # One clean line, no traceback; the command line maps it to exit code 64.
         logger.error("Configuration error: %s", exc)
         return Failed(name="Config error", message=f"configuration error: {exc}", data=exc)
-    thresholds = resolved.thresholds.model_copy(
-        update={
-            k: v
-            for k, v in {
-                "deadline_s": deadline_seconds,
-                "slow_response_s": slow_response_seconds,
-            }.items()
-            if v is not None
-        }
-    )
     resolved = resolved.model_copy(update={"thresholds": thresholds})
     logger.info("Diagnosing %s at %s", resolved.name, resolved.api_url)
 

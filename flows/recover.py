@@ -192,7 +192,9 @@ async def recover_service(
 
         def done(results: list[ActionResult], **kw: Any) -> RecoveryResult:
             return build_result(plan, results, started_at=started_at,
-                                duration_s=time.perf_counter() - started, **kw)  # fmt: skip
+                                duration_s=time.perf_counter() - started,
+                                configuration_problems=report.configuration_problems(),
+                                **kw)  # fmt: skip
 
         if plan.already_healthy:
             return done([], dry_run=dry_run, final_report=report)

@@ -137,20 +137,14 @@ async def verify_contract(
     started = time.perf_counter()
     try:
         resolved = await with_secrets(load_target(target, {"api_url": api_url}))
+        thresholds = resolved.thresholds.with_overrides(
+            deadline_s=deadline_seconds, request_timeout_s=request_timeout_seconds
+        )
     except ConfigError as exc:
         # A clean one-line failure (no traceback in the run's logs); the command line maps
         # it to exit code 64.
         logger.error("Configuration error: %s", exc)
         return Failed(name="Failed", message=f"configuration error: {exc}", data=exc)
-    updates = {
-        k: v
-        for k, v in {
-            "deadline_s": deadline_seconds,
-            "request_timeout_s": request_timeout_seconds,
-        }.items()
-        if v is not None
-    }
-    thresholds = resolved.thresholds.model_copy(update=updates)
     resolved = resolved.model_copy(update={"thresholds": thresholds})
     logger.info(
         "Contract tests of %s at %s%s",

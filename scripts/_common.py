@@ -24,6 +24,27 @@ def prepare_environment(verbose: bool, api_key: str | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        # The run's own log lines stay with the run (Prefect UI, --verbose); the terminal
+        # gets the command's output only, e.g. one line for a configuration error.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_run_logs)
+
+
+def _not_run_logs(record: logging.LogRecord) -> bool:
+    # EventsWorker: Prefect flushing its event queue at exit ("still processing items").
+    return not record.name.startswith(("prefect.flow_runs", "prefect.task_runs", "EventsWorker"))
+
+
+def configuration_exit(problems: list[str]) -> int | None:
+    """EXIT_CONFIG, with one line on stderr, when the run met configuration mistakes (no AWS
+    credentials, a refused permission, an unknown region): the verdict would otherwise blame
+    the service for the worker's configuration. None when there were none."""
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    print(f"configuration error: {problems[0]}{more}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def run_flow(

@@ -1,7 +1,9 @@
 #!/usr/bin/env -S uv run
 """Diagnose the Hokusai registry service (seed-compatible command line).
 
-Exit codes: 0 healthy, 1 degraded or warnings, 2 critical, 64 usage or configuration error.
+Exit codes: 0 healthy, 1 degraded or warnings, 2 critical, 64 usage or configuration error
+(including AWS credentials missing or refused and an unknown AWS region: the report is still
+printed and written, with them as findings).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, prepare_environment, run_flow
+from scripts._common import EXIT_CONFIG, configuration_exit, prepare_environment, run_flow
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         args.output.write_text(json.dumps(report.to_seed_json(), indent=2) + "\n")
         print(f"\nReport written to {args.output}")
-    return report.overall_status.exit_code
+    # The report carries AWS configuration mistakes as findings; the exit code says them.
+    configuration = configuration_exit(report.configuration_problems())
+    return report.overall_status.exit_code if configuration is None else configuration
 
 
 def main(argv: list[str] | None = None) -> int:

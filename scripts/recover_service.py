@@ -5,7 +5,8 @@ Diagnoses, plans the recovery by fixed rules, prints the plan and applies it (wi
 --dry-run: only shows it; nothing is changed).
 
 Exit codes: 0 the service ends healthy (or already was), 1 otherwise (including a dry run
-that found work to do), 64 usage or configuration error.
+that found work to do), 64 usage or configuration error (including AWS credentials missing
+or refused and an unknown AWS region, met by the diagnosis; the log is still printed).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, prepare_environment, run_flow
+from scripts._common import EXIT_CONFIG, configuration_exit, prepare_environment, run_flow
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.write_text(json.dumps(result.to_seed_json(), indent=2) + "\n")
         print(f"\nRecovery log written to {args.output}")
-    return result.exit_code
+    configuration = configuration_exit(result.configuration_problems)
+    return result.exit_code if configuration is None else configuration
 
 
 if __name__ == "__main__":

@@ -726,6 +726,8 @@ def judge_metrics(obs: HttpObservation) -> Judgment:
         content_type in _PROMETHEUS_TYPES,
     )
     view: MetricsView = parse_metrics(obs.body_text)
+    if (encoding := obs.encoding_problem()) is not None:
+        view.problems.insert(0, encoding)
     j.record("families", "Prometheus metric families", f"{len(view.families)} parsed")
     j.record("mlflow_circuit_breaker_state", "present, 0/1/2", view.breaker_state)
     j.record("breaker failures", "a mlflow_circuit_breaker_failures series", view.breaker_failures)

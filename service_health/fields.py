@@ -26,6 +26,26 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
+MAX_DEPTH = 32  # deeper objects are refused: no contract answer nests like that
+
+
+def nested_deeper_than(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when lists and objects in `value` nest more than `limit` levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Collection[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def short(value: Any, limit: int = 60) -> str:
     """repr of a value cut to `limit` characters, safe for any value."""
     try:
@@ -142,6 +162,9 @@ class FieldReader:
             return None
         if not isinstance(value, dict):
             self._problem(key, f"expected object, got {type_name(value)}")
+            return None
+        if nested_deeper_than(value):
+            self._problem(key, f"nested more than {MAX_DEPTH} levels deep")
             return None
         return value
 

@@ -155,6 +155,11 @@ class Verdict(StrEnum):
         return self.value.capitalize()
 
 
+# Detail key of a check that ran into a configuration mistake rather than the service's state
+# (no AWS credentials, permission refused, unknown region): one line naming it.
+CONFIGURATION_PROBLEM = "configuration_problem"
+
+
 class DiagnosticReport(BaseModel):
     target: str
     timestamp: str  # ISO 8601, UTC
@@ -168,6 +173,19 @@ class DiagnosticReport(BaseModel):
     @property
     def exit_code(self) -> int:
         return self.overall_status.exit_code
+
+    def configuration_problems(self) -> list[str]:
+        """The configuration mistakes the checks ran into (AWS credentials, permissions,
+        region), each once; they are findings too, and the command lines exit 64 on them."""
+        found: list[str] = []
+        stack = list(self.checks.values())
+        while stack:
+            check = stack.pop(0)
+            problem = check.details.get(CONFIGURATION_PROBLEM)
+            if isinstance(problem, str) and problem not in found:
+                found.append(problem)
+            stack.extend(check.components.values())
+        return found
 
     def to_seed_json(self) -> dict[str, Any]:
         """JSON with the seed's field names (cron jobs parse these), plus `target`."""

@@ -33,6 +33,7 @@ class HttpObservation(BaseModel):
     content_type: str | None = None
     body_text: str | None = None  # decoded with errors="replace", capped by the producer
     body_truncated: bool = False
+    body_invalid_utf8: bool = False  # undecodable bytes were replaced by U+FFFD in body_text
     error: str | None = None  # transport failure message; None when an HTTP answer arrived
     error_kind: ErrorKind | None = None
     # "10.0.1.5:8000" when addressed directly to a replica, None via the load balancer.
@@ -65,6 +66,12 @@ class HttpObservation(BaseModel):
             kind = f"{self.error_kind.value}: " if self.error_kind else ""
             return f"{kind}{self.error or 'no answer'}"
         return f"HTTP {self.status_code}"
+
+    def encoding_problem(self) -> str | None:
+        """Why the body's text is not exactly what was sent, or None."""
+        if self.body_invalid_utf8 and not self.body_truncated:
+            return "body is not valid UTF-8 (undecodable bytes read as U+FFFD)"
+        return None
 
     def json_body(self) -> tuple[Any, str | None]:
         """Parse the body as JSON: (value, None) or (None, reason). Never raises."""
@@ -99,6 +106,7 @@ class AwsObservation(BaseModel):
     # e.g. "ThrottlingException", "AccessDenied", "NoCredentials", "EndpointConnectionError"
     error_code: str | None = None
     error_message: str | None = None
+    http_status: int | None = None  # of an error answer (403: refused credentials/permission)
     elapsed_ms: float | None = None
 
     @property

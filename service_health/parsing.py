@@ -97,6 +97,8 @@ def _start(
     if obs.status_code not in expected_codes:
         allowed = " or ".join(str(c) for c in expected_codes)
         view.problems.append(f"HTTP {obs.status_code} (contract: {allowed})")
+    if (encoding := obs.encoding_problem()) is not None:
+        view.problems.append(encoding)
     body, reason = obs.json_body()
     if reason is not None:
         view.problems.append(reason)
@@ -229,10 +231,16 @@ def parse_mlflow_health(obs: HttpObservation) -> MlflowHealthView:
         view.problems.append(f"`circuit_breaker_state`: {problem}")
     elif not body.has("circuit_breaker_state"):
         view.problems.append("`circuit_breaker_state`: missing")
+    elif top is None:
+        view.problems.append("`circuit_breaker_state`: is null")
     details = body.sub("circuit_breaker_details")
     inner, problem = breaker_state_from(details.raw("state"))
     if problem:
         view.problems.append(f"`circuit_breaker_details.state`: {problem}")
+    elif details.present and inner is None:
+        view.problems.append(
+            "`circuit_breaker_details.state`: " + ("is null" if details.has("state") else "missing")
+        )
     if top is not None and inner is not None and top != inner:
         view.problems.append(f"breaker state disagrees: {top} at top level, {inner} in details")
     view.breaker_state = top if top is not None else inner

@@ -436,28 +436,30 @@ class ServiceRollout(BaseModel):
 
 
 def read_rollouts(response: Mapping[str, Any] | None, names: Sequence[str]) -> list[ServiceRollout]:
-    """DescribeServices -> one ServiceRollout per requested name (MISSING when absent)."""
+    """DescribeServices -> one ServiceRollout per requested name (MISSING when absent).
+
+    Tolerant: entries or fields of the wrong type are ignored, never raised on."""
     found: dict[str, ServiceRollout] = {}
-    for raw in (response or {}).get("services", []) or []:
-        if not isinstance(raw, dict) or not raw.get("serviceName"):
+    for raw in _list((response or {}).get("services") if isinstance(response, Mapping) else None):
+        name = _str(raw.get("serviceName")) if isinstance(raw, dict) else None
+        if not name:
             continue
-        deployments = [d for d in raw.get("deployments") or [] if isinstance(d, dict)]
+        deployments = [d for d in _list(raw.get("deployments")) if isinstance(d, dict)]
         primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
-        found[str(raw["serviceName"])] = ServiceRollout(
-            name=str(raw["serviceName"]),
-            arn=str(raw["serviceArn"]) if raw.get("serviceArn") else None,
-            status=raw.get("status"),
+        created = primary.get("createdAt") if primary else None
+        found[name] = ServiceRollout(
+            name=name,
+            arn=_str(raw.get("serviceArn")) or None,
+            status=_str(raw.get("status")),
             desired=_int(raw.get("desiredCount")),
             running=_int(raw.get("runningCount")),
             deployments=len(deployments),
-            rollout_state=primary.get("rolloutState") if primary else None,
-            primary_deployment_id=primary.get("id") if primary else None,
-            primary_created_at=str(primary["createdAt"])
-            if primary and primary.get("createdAt")
-            else None,
+            rollout_state=_str(primary.get("rolloutState")) if primary else None,
+            primary_deployment_id=_str(primary.get("id")) if primary else None,
+            primary_created_at=str(created) if created else None,
             target_group_arns=[
                 str(lb["targetGroupArn"])
-                for lb in raw.get("loadBalancers") or []
+                for lb in _list(raw.get("loadBalancers"))
                 if isinstance(lb, dict) and lb.get("targetGroupArn")
             ],
         )
@@ -468,12 +470,23 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def parse_time(value: Any) -> datetime | None:
     """An ISO 8601 time (naive taken as UTC), a datetime, or epoch seconds."""
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        moment = datetime.fromtimestamp(value, UTC)
+        try:
+            moment = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):  # beyond the platform's time range, NaN
+            return None
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -573,6 +586,8 @@ class RecoveryResult(BaseModel):
     final_verdict: Verdict | None = None
     final_critical_issues: list[str] = Field(default_factory=list)
     final_warnings: list[str] = Field(default_factory=list)
+    # Configuration mistakes the diagnosis ran into (AWS credentials, permission, region).
+    configuration_problems: list[str] = Field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -592,6 +607,7 @@ class RecoveryResult(BaseModel):
             "final_status": self.final_verdict.value if self.final_verdict else None,
             "final_critical_issues": list(self.final_critical_issues),
             "final_warnings": list(self.final_warnings),
+            "configuration_problems": list(self.configuration_problems),
             "plan": self.plan.model_dump(mode="json"),
         }
 
@@ -630,6 +646,7 @@ def build_result(
     final_report: DiagnosticReport | None = None,
     rejected: bool = False,
     extra_entries: Sequence[RecoveryLogEntry] = (),
+    configuration_problems: Sequence[str] = (),
 ) -> RecoveryResult:
     """Fold the plan, the step results (in order) and the final diagnosis into the result.
 
@@ -657,4 +674,5 @@ def build_result(
         final_verdict=final_report.overall_status if final_report else None,
         final_critical_issues=list(final_report.critical_issues) if final_report else [],
         final_warnings=list(final_report.warnings) if final_report else [],
+        configuration_problems=list(configuration_problems),
     )

@@ -39,6 +39,7 @@ _SECRET_KEYS = (_SECRET_PARAMS - {"key", "auth"}) | {
 }
 # Userinfo of any URL embedded in free text: scheme://user:pass@ or scheme://token@.
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@]+@")
+_LOOSE_USERINFO = re.compile(r"[^\s/@]+@")
 _MAX_DEPTH = 64
 
 
@@ -60,7 +61,10 @@ def redact_url(url: str) -> str:
                     [(k, MASK if k.lower() in _SECRET_PARAMS else v) for k, v in pairs],
                     safe="*",
                 )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        # A URL missing its "//" ("app:pw@db:5432/app", "postgresql:/u:pw@h") has its
+        # credentials in the path: mask anything that ends with "@" there too.
+        path = _LOOSE_USERINFO.sub(f"{MASK}@", parts.path)
+        return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
     except ValueError:
         # Not parseable as a URL (e.g. a broken IPv6 literal): mask userinfo textually.
         return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", url)

@@ -36,14 +36,23 @@ class ConfigError(ValueError):
 class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    slow_response_s: float = Field(5.0, gt=0)
+    slow_response_s: float = Field(5.0, gt=0, allow_inf_nan=False)
     # The registry's own MLflow client gives up after 2 s: slower answers fail there.
-    mlflow_slow_s: float = Field(2.0, gt=0)
-    db_slow_s: float = Field(1.0, gt=0)
-    redis_slow_ms: float = Field(100.0, gt=0)
-    deadline_s: float = Field(30.0, gt=0)  # the whole diagnosis, all checks included
-    request_timeout_s: float = Field(5.0, gt=0)  # one request
+    mlflow_slow_s: float = Field(2.0, gt=0, allow_inf_nan=False)
+    db_slow_s: float = Field(1.0, gt=0, allow_inf_nan=False)
+    redis_slow_ms: float = Field(100.0, gt=0, allow_inf_nan=False)
+    deadline_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # the whole diagnosis
+    request_timeout_s: float = Field(5.0, gt=0, allow_inf_nan=False)  # one request
     per_service_concurrency: int = Field(4, ge=1)
+
+    def with_overrides(self, **values: float | None) -> Thresholds:
+        """A validated copy with `values` (None ones ignored): a flag or flow parameter such
+        as a negative deadline is a ConfigError, like the same value in the targets file."""
+        updates = {key: value for key, value in values.items() if value is not None}
+        try:
+            return Thresholds.model_validate({**self.model_dump(), **updates})
+        except ValidationError as exc:
+            raise _one_line(exc, "thresholds") from None
 
 
 class SecretBlocks(BaseModel):

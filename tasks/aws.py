@@ -8,13 +8,20 @@ unknown resources) come back at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from datetime import date, datetime
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from service_health.observations import AwsObservation
 
@@ -23,6 +30,26 @@ BOTO_CONFIG = Config(
     read_timeout=5,
     retries={"mode": "adaptive", "max_attempts": 4},
 )
+
+
+@functools.cache
+def _regions(service: str) -> frozenset[str]:
+    session = boto3.Session()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions(service, partition_name=partition)
+    )
+
+
+def known_region(service: str, region: str | None) -> bool:
+    """Whether botocore knows `region` for `service` (in any partition)."""
+    return region is not None and region in _regions(service)
+
+
+def _is_aws_endpoint(url: str | None) -> bool:
+    host = urlsplit(url or "").hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
 
 
 def make_session(region: str | None, credentials_block: str | None = None) -> boto3.Session:
@@ -70,6 +97,22 @@ def call_sync(client: Any, service: str, operation: str, **params: Any) -> AwsOb
             operation=operation,
             error_code=str(err.get("Code", "ClientError")),
             error_message=str(err.get("Message", ""))[:500],
+            http_status=exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"),
+            elapsed_ms=elapsed(),
+        )
+    except EndpointConnectionError as exc:
+        region = client.meta.region_name
+        unknown = not known_region(service, region) and _is_aws_endpoint(client.meta.endpoint_url)
+        return AwsObservation(
+            service=service,
+            operation=operation,
+            error_code="UnknownRegion" if unknown else type(exc).__name__,
+            error_message=(
+                f"AWS region {region!r} is not a region botocore knows, and its endpoint "
+                f"{client.meta.endpoint_url} cannot be reached"
+                if unknown
+                else str(exc)[:500]
+            ),
             elapsed_ms=elapsed(),
         )
     except NoCredentialsError:
@@ -86,6 +129,14 @@ def call_sync(client: Any, service: str, operation: str, **params: Any) -> AwsOb
             operation=operation,
             error_code=type(exc).__name__,
             error_message=str(exc)[:500],
+            elapsed_ms=elapsed(),
+        )
+    except Exception as exc:  # e.g. an answer botocore cannot parse
+        return AwsObservation(
+            service=service,
+            operation=operation,
+            error_code=type(exc).__name__,
+            error_message=f"the answer could not be read: {' '.join(str(exc).split())[:300]}",
             elapsed_ms=elapsed(),
         )
     return AwsObservation(

@@ -22,7 +22,7 @@ from service_health import assessment
 from service_health.models import CheckResult
 from service_health.redaction import Redactor
 from tasks.datastores import probe_postgres, probe_redis
-from tasks.evidence import ENDPOINTS, Evidence
+from tasks.evidence import ENDPOINTS, Evidence, dicts
 
 TRANSIENT = (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError)
 
@@ -63,16 +63,20 @@ async def check_api_connectivity(ev: Evidence) -> CheckResult:
 
 @check_task(name="check-health-endpoints")
 async def check_health_endpoints(ev: Evidence) -> CheckResult:
-    views, _ = await ev.breaker_views()
+    # Every endpoint at once (the per-service limit still bounds the requests in flight).
+    # A replica's own /health/mlflow answer stands in for the load balancer's, so that no
+    # replica is asked twice: that one is fetched only once the replicas' views are known.
+    others = [path for path in ENDPOINTS if path != "/health/mlflow"]
+    gathered: list[Any] = await asyncio.gather(
+        ev.breaker_views(), *(ev.endpoint(path) for path in others)
+    )
+    views, _ = gathered[0]
+    fetched: dict[str, Any] = dict(zip(others, gathered[1:], strict=True))
     direct = next((v for k, v in views.items() if not k.startswith("sample-")), None)
-    observations: dict[str, Any] = {}
-    for path in ENDPOINTS:
-        # A replica's own /health/mlflow answer stands in for the load balancer's, so that
-        # no replica is asked twice.
-        if path == "/health/mlflow" and direct is not None:
-            observations[path] = direct
-        else:
-            observations[path] = await ev.endpoint(path)
+    fetched["/health/mlflow"] = (
+        direct if direct is not None else await ev.endpoint("/health/mlflow")
+    )
+    observations = {path: fetched[path] for path in ENDPOINTS}
     return assessment.assess_health_endpoints(observations, ev.target.thresholds.slow_response_s)
 
 
@@ -131,8 +135,10 @@ async def check_alb(ev: Evidence) -> CheckResult:
     health = {}
     if t.target_groups:
         groups = await ev.target_groups()
-        for g in (groups.response or {}).get("TargetGroups", []):
-            health[g["TargetGroupName"]] = await ev.target_health(g["TargetGroupArn"])
+        for g in dicts(groups.response, "TargetGroups"):
+            name, arn = g.get("TargetGroupName"), g.get("TargetGroupArn")
+            if isinstance(name, str) and isinstance(arn, str):
+                health[name] = await ev.target_health(arn)
         if groups.response is None:
             health = {"describe_target_groups": groups}
     return assessment.assess_alb(lbs, health, non_critical_groups=t.mlflow_target_groups)

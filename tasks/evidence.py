@@ -9,6 +9,8 @@ need; concurrent asks for the same thing wait for the one request in flight.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from service_health.aws_responses import read_target_health
 from service_health.observations import AwsObservation, ErrorKind, HttpObservation
 from service_health.settings import Target
 from tasks import aws
@@ -36,6 +39,25 @@ ENDPOINTS = (
 BREAKER_FEEDING = frozenset({"/health/mlflow", "/ready", "/health?detailed=true", "/health/status"})
 AUTHENTICATED = frozenset({"/health/mlflow", "/health/status"})
 UNUSABLE_TARGET_STATES = frozenset({"draining", "unused"})
+_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
+
+
+def dicts(response: Any, key: str) -> list[dict[str, Any]]:
+    """The objects listed under `key` in an AWS answer; anything of another shape is left out."""
+    items = response.get(key) if isinstance(response, dict) else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def replica_address(host: Any, port: Any) -> str | None:
+    """The "host:port" of a registered target; None unless the registration is a plain IP
+    address or host name with a valid port (a hostile one could send the key elsewhere)."""
+    if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host}:{port}" if _HOST_NAME.match(host) else None
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 class Evidence:
@@ -168,11 +190,10 @@ class Evidence:
         healths = await asyncio.gather(*(self.target_health(arn) for arn in arns))
         replicas: list[str] = []
         for obs in healths:
-            for d in (obs.response or {}).get("TargetHealthDescriptions", []):
-                target = d.get("Target", {})
-                state = d.get("TargetHealth", {}).get("State")
-                if target.get("Id") and target.get("Port") and state not in UNUSABLE_TARGET_STATES:
-                    replicas.append(f"{target['Id']}:{target['Port']}")
+            for target in read_target_health(obs.response).targets:
+                address = replica_address(target.id, target.port)
+                if address and target.state not in UNUSABLE_TARGET_STATES:
+                    replicas.append(address)
         return replicas
 
     async def registry_target_group_arns(self) -> list[str]:
@@ -181,18 +202,19 @@ class Evidence:
             services = await self.ecs_services()
             arns = [
                 lb["targetGroupArn"]
-                for s in (services.response or {}).get("services", [])
+                for s in dicts(services.response, "services")
                 if s.get("serviceName") != t.mlflow_ecs_service
-                for lb in s.get("loadBalancers", [])
-                if lb.get("targetGroupArn")
+                for lb in dicts(s, "loadBalancers")
+                if isinstance(lb.get("targetGroupArn"), str) and lb["targetGroupArn"]
             ]
             if arns:
                 return arns
         if not t.target_groups:
             return []
         groups = await self.target_groups()
-        found = (groups.response or {}).get("TargetGroups", [])
-        return [found[0]["TargetGroupArn"]] if found else []
+        found = [g["TargetGroupArn"] for g in dicts(groups.response, "TargetGroups")
+                 if isinstance(g.get("TargetGroupArn"), str)]  # fmt: skip
+        return found[:1]
 
     # -- MLflow, directly ----------------------------------------------------------------
 
@@ -238,11 +260,14 @@ class Evidence:
             try:
                 client = await asyncio.to_thread(self._client, service)
             except Exception as exc:  # a credentials block that cannot load, a bad region
+                # botocore's own errors keep their name (InvalidRegionError, NoRegionError,
+                # ProfileNotFound); anything else is a client that could not be set up.
+                botocore_error = type(exc).__module__.startswith("botocore")
                 return AwsObservation(
                     service=service,
                     operation=operation,
-                    error_code=type(exc).__name__,
-                    error_message=str(exc)[:300],
+                    error_code=type(exc).__name__ if botocore_error else "ClientSetupError",
+                    error_message=" ".join(f"{type(exc).__name__}: {exc}".split())[:300],
                 )
             return await aws.call(client, service, operation, **params)
 

@@ -35,7 +35,9 @@ def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
         return ErrorKind.RESET, "connection dropped by the server"
     if isinstance(exc, httpx.HTTPError):
         return ErrorKind.PROTOCOL, f"HTTP error ({type(exc).__name__})"
-    return ErrorKind.OTHER, type(exc).__name__
+    if isinstance(exc, httpx.InvalidURL):
+        return ErrorKind.OTHER, f"invalid URL ({str(exc)[:80]})"
+    return ErrorKind.OTHER, f"request failed ({type(exc).__name__})"
 
 
 def is_transient(obs: HttpObservation) -> bool:
@@ -78,19 +80,26 @@ async def fetch(
                         truncated = True
                         del body[BODY_CAP_BYTES:]
                         break
+                try:
+                    text, invalid = body.decode("utf-8"), False
+                except UnicodeDecodeError:
+                    text, invalid = body.decode("utf-8", errors="replace"), True
                 return HttpObservation(
                     url=shown,
                     method=method,
                     status_code=resp.status_code,
                     elapsed_ms=elapsed(),
                     content_type=resp.headers.get("content-type"),
-                    body_text=body.decode("utf-8", errors="replace"),
+                    body_text=text,
                     body_truncated=truncated,
+                    body_invalid_utf8=invalid,
                     error=f"body larger than {BODY_CAP_BYTES} bytes" if truncated else None,
                     error_kind=ErrorKind.TOO_LARGE if truncated else None,
                     replica=replica,
                 )
-    except (httpx.HTTPError, TimeoutError, OSError) as exc:
+    except Exception as exc:  # never raising is this function's promise
+        # Beyond transport errors: an address no client can use (a port over 65535 from a
+        # target registration, say) fails inside the client with other exception types.
         kind, message = _classify(exc)
         if kind is ErrorKind.TIMEOUT:
             message = f"timed out after {timeout_s:g}s"

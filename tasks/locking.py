@@ -11,6 +11,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.asyncio import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+LEASE_S = 60.0
+
 
 def lock_name(slug: str) -> str:
     return f"recover-{slug}"
@@ -34,5 +36,9 @@ async def target_lock(slug: str, wait_s: float) -> AsyncIterator[None]:
     """Hold the target's recovery slot; TimeoutError if it stays taken for `wait_s`."""
     name = lock_name(slug)
     await ensure_lock(name)
-    async with concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True):
+    # The holder renews its lease while it runs; a holder killed outright (SIGKILL, a lost
+    # machine) frees the slot when the lease lapses: one minute, the server's minimum.
+    async with concurrency(
+        name, occupy=1, timeout_seconds=wait_s, strict=True, lease_duration=LEASE_S
+    ):
         yield

@@ -74,6 +74,9 @@ DEFAULT_MLFLOW_TIMEOUT_S = 120.0
 DEFAULT_CONSECUTIVE = 2
 POLL_INITIAL_S = 0.25
 POLL_MAX_S = 5.0
+# Growth of the stabilisation poll interval: gentle, so that a rollout finishing a few
+# seconds in is seen within about a second rather than up to one doubled interval late.
+POLL_BACKOFF = 1.5
 HEALTH_INTERVAL_S = 0.5  # between the consecutive /health answers
 
 # The mutating ECS call: no botocore retries at all (see the module docstring).
@@ -767,7 +770,7 @@ async def _wait(
                 )
             await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             if not ready or streak == 0:
-                delay = min(delay * 2, POLL_MAX_S)
+                delay = min(delay * POLL_BACKOFF, POLL_MAX_S)
 
 
 def _health_text(obs: HttpObservation) -> str:
@@ -784,7 +787,7 @@ async def wait_for_stabilization(
     timeout_s: float = DEFAULT_STABILIZATION_TIMEOUT_S,
     consecutive: int = DEFAULT_CONSECUTIVE,
 ) -> ActionResult:
-    """Wait on real signals, polling fast first (0.25 s, doubling up to 5 s):
+    """Wait on real signals, polling fast first (0.25 s, growing by half up to 5 s):
     1. ECS: every service in `services` stable as boto3's services_stable waiter defines it
        (one deployment, running == desired) with its primary rollout not IN_PROGRESS;
        a MISSING/DRAINING/INACTIVE service fails at once;

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+import httpx
+
+if TYPE_CHECKING:
+    from sandbox.client import SandboxProcess
 
 T = TypeVar("T")
 
@@ -21,3 +26,13 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "con
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
+
+
+def breaker_open_everywhere(sandbox: SandboxProcess) -> bool:
+    """Drive an MLflow call through each registry replica's breaker (/ready is the cheapest
+    way), then whether every breaker reads OPEN on /health/mlflow."""
+    states = []
+    for r in sandbox.client.status()["services"]["hokusai-registry"]["replicas"]:
+        httpx.get(f"http://{r['address']}/ready", timeout=10)
+        states.append(httpx.get(f"http://{r['address']}/health/mlflow", timeout=10).json())
+    return all(s["circuit_breaker_state"] == "OPEN" for s in states)

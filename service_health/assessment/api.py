@@ -166,6 +166,7 @@ class _EndpointJudge:
         self._legacy_500s()
         self._live()
         self._merge()
+        self._deviations()
         self.b.details["endpoints"] = self.per
         answered = sum(1 for o in self.endpoints.values() if o.answered)
         summary = f"{answered}/{len(self.endpoints)} endpoints answered"
@@ -336,6 +337,21 @@ class _EndpointJudge:
                 f"{obs.label} took {seconds(obs.elapsed_ms)}: the API's event loop is blocked "
                 "(in the deployed version, by a slow MLflow call)",
                 "Check MLflow latency; restore MLflow or let the breaker open",
+                [obs.label],
+            )
+
+    def _deviations(self) -> None:
+        """An answer that departs from the contract is said even when nothing else is found
+        about it, as information (the verdict rests on what the answers mean)."""
+        cited = {label for f in self.b.findings for label in f.evidence}
+        for key, view in self.views.items():
+            obs = self.endpoints[key]
+            if not obs.answered or not view.problems or obs.label in cited:
+                continue
+            more = len(view.problems) - 3
+            self.b.info(
+                f"{obs.label} departs from the health contract: {'; '.join(view.problems[:3])}"
+                + (f" (and {more} more)" if more > 0 else ""),
                 [obs.label],
             )
 

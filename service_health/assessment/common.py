@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from service_health.models import CheckResult, CheckStatus, Finding, Severity, worst_status
+from service_health.models import (
+    CONFIGURATION_PROBLEM,
+    CheckResult,
+    CheckStatus,
+    Finding,
+    Severity,
+    worst_status,
+)
 from service_health.observations import AwsObservation
 
 _STATUS_OF: dict[Severity, CheckStatus] = {
@@ -144,6 +151,22 @@ CREDENTIAL_CODES = {
     "SignatureDoesNotMatch",
     "InvalidSignatureException",
 }
+# Credentials that could not be found or loaded, and clients that could not be set up.
+MISSING_CREDENTIAL_CODES = {
+    "NoCredentials",
+    "NoCredentialsError",
+    "PartialCredentials",
+    "PartialCredentialsError",
+    "ProfileNotFound",
+    "ClientSetupError",  # e.g. the target's AwsCredentials block cannot be loaded
+}
+PERMISSION_CODES = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "UnauthorizedException",
+}
+REGION_CODES = {"UnknownRegion", "InvalidRegionError", "NoRegionError"}
 ENDPOINT_CODES = {
     "EndpointConnectionError",
     "ConnectTimeoutError",
@@ -151,6 +174,36 @@ ENDPOINT_CODES = {
     "ConnectionClosedError",
     "ProxyConnectionError",
 }
+
+
+def _said(text: str | None, limit: int = 160) -> str:
+    words = " ".join((text or "").split())
+    return words if len(words) <= limit else words[: limit - 3] + "..."
+
+
+def configuration_problem(obs: AwsObservation) -> str | None:
+    """One line naming the configuration mistake behind a failed AWS call, or None when the
+    failure says something else (throttling, network, the resource itself)."""
+    code = obs.error_code or ""
+    if code in REGION_CODES:
+        return f"AWS region: {_said(obs.error_message) or code} (calling {obs.label})"
+    if code in MISSING_CREDENTIAL_CODES:
+        return (
+            f"AWS credentials: none usable for {obs.label} ({code}: {_said(obs.error_message)}); "
+            "set them in the environment, a profile, the worker's IAM role or the target's "
+            "AwsCredentials block"
+        )
+    if code in PERMISSION_CODES or (obs.http_status == 403 and code not in CREDENTIAL_CODES):
+        return (
+            f"AWS permission: {obs.label} refused to these credentials ({code or 'HTTP 403'}); "
+            f"grant {obs.label} to the worker's IAM role or the target's AwsCredentials block"
+        )
+    if code in CREDENTIAL_CODES:
+        return (
+            f"AWS credentials: rejected by {obs.label} ({code}: {_said(obs.error_message)}); "
+            "check the access key, secret and session token"
+        )
+    return None
 
 
 def aws_error(builder: ResultBuilder, obs: AwsObservation, what: str) -> bool:
@@ -171,7 +224,14 @@ def aws_error(builder: ResultBuilder, obs: AwsObservation, what: str) -> bool:
             evidence,
             CheckStatus.ERROR,
         )
-    elif code in CREDENTIAL_CODES:
+    elif code in REGION_CODES:
+        builder.warning(
+            f"AWS region misconfigured for {obs.label}; {what} not checked ({detail})",
+            "Set aws_region (AWS_REGION or --aws-region) to the region the service runs in",
+            evidence,
+            CheckStatus.ERROR,
+        )
+    elif code in CREDENTIAL_CODES | MISSING_CREDENTIAL_CODES or obs.http_status == 403:
         builder.warning(
             f"No AWS credentials or permission for {obs.label}; {what} not checked ({detail})",
             f"Give the worker's IAM role (or the target's AwsCredentials block) {obs.label}",
@@ -193,4 +253,7 @@ def aws_error(builder: ResultBuilder, obs: AwsObservation, what: str) -> bool:
             CheckStatus.ERROR,
         )
     builder.details["aws_error"] = detail
+    problem = configuration_problem(obs)
+    if problem is not None:
+        builder.details.setdefault(CONFIGURATION_PROBLEM, problem)
     return True

@@ -37,6 +37,8 @@ def assess_metrics(obs: HttpObservation | None) -> CheckResult:
         )
         return b.build(f"HTTP {obs.status_code}", latency_ms=obs.elapsed_ms)
     view = parse_metrics(obs.body_text)
+    if (encoding := obs.encoding_problem()) is not None:
+        view.problems.insert(0, encoding)
     b.details.update(
         {
             "families": len(view.families),

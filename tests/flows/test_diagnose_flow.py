@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from flows.diagnose import diagnose_service_health
 from sandbox.client import SandboxProcess
 from service_health.models import DiagnosticReport
-from tests.helpers import wait_for
+from tests.helpers import breaker_open_everywhere, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,16 +40,6 @@ def run_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
         env={**os.environ, **env},
         cwd=ROOT,
     )
-
-
-def breaker_open_everywhere(sandbox: SandboxProcess) -> bool:
-    replicas = sandbox.client.status()["services"]["hokusai-registry"]["replicas"]
-    states = []
-    for r in replicas:
-        # /ready is the contract's cheapest way to drive the MLflow check through the breaker.
-        httpx.get(f"http://{r['address']}/ready", timeout=10)
-        states.append(httpx.get(f"http://{r['address']}/health/mlflow", timeout=10).json())
-    return all(s["circuit_breaker_state"] == "OPEN" for s in states)
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from tasks.recovery import (
     wait_for_mlflow,
     wait_for_stabilization,
 )
-from tests.helpers import wait_for
+from tests.helpers import breaker_open_everywhere, wait_for
 
 REGISTRY, MLFLOW = "hokusai-registry", "hokusai-mlflow"
 RESET_KEY = "POST /health/mlflow/reset"
@@ -307,12 +307,6 @@ def assert_recovered(result: Any) -> None:
         assert remaining and all(any(h in w for h in HOST_LOAD) for w in remaining), remaining
         return
     assert result.outcome == Outcome.RECOVERED, result.recovery_log
-
-
-def breaker_open_everywhere(sandbox: SandboxProcess) -> bool:
-    for address in replicas(sandbox):
-        httpx.get(f"http://{address}/ready", timeout=10)
-    return all(breaker_state(a) == "OPEN" for a in replicas(sandbox))
 
 
 def test_stuck_replica_end_to_end(
