@@ -39,6 +39,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=300.0,
         help="longest wait for the service to stabilise, seconds (default 300)",
     )
+    p.add_argument(
+        "--cooldown",
+        type=float,
+        default=600.0,
+        help="do not restart an ECS service restarted less than this many seconds ago "
+        "(default 600)",
+    )
     try:
         return p.parse_args(argv)
     except SystemExit as exc:
@@ -53,6 +60,7 @@ async def _recover(args: argparse.Namespace) -> Any:
         dry_run=args.dry_run,
         require_approval=False,
         stabilization_timeout_seconds=args.stabilization_timeout,
+        cooldown_seconds=args.cooldown,
         api_url=args.api_url,
         aws_region=args.aws_region,
         return_state=True,

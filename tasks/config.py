@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +35,14 @@ def read_targets() -> dict[str, TargetSpec]:
         return {}
     except OSError as exc:
         raise ConfigError(f"targets file {path} cannot be read: {exc.strerror}") from None
+    return dict(_parsed(text))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(text: str) -> dict[str, TargetSpec]:
+    """The file's text parsed once: a fleet run resolves every target from the same file,
+    and parsing it for each (O(N) each, O(N^2) in all) showed in its profile. Keyed by the
+    text itself, so an edited file is always read anew; callers get a copy of the mapping."""
     return load_targets(text)
 
 

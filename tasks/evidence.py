@@ -22,7 +22,7 @@ from service_health.aws_responses import read_target_health
 from service_health.observations import AwsObservation, ErrorKind, HttpObservation
 from service_health.settings import Target
 from tasks import aws
-from tasks.http import fetch_with_retries
+from tasks.http import fetch_with_retries, tls_context
 
 T = TypeVar("T")
 
@@ -77,6 +77,7 @@ class Evidence:
         self._http = httpx.AsyncClient(
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": "hokusai-health/diagnose"},
+            verify=tls_context(),
         )
         self._clients: dict[str, Any] = {}
 

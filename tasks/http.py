@@ -8,6 +8,8 @@ are retried with backoff and jitter only where the caller allows it.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import time
 from typing import Any
 
@@ -24,6 +26,14 @@ from service_health.observations import ErrorKind, HttpObservation
 from service_health.redaction import redact_url
 
 BODY_CAP_BYTES = 1_048_576  # far above any health answer; /metrics is tens of KiB
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process, as httpx would build for each client (verification on,
+    SSL_CERT_FILE/SSL_CERT_DIR honoured). Building one loads the CA bundle, about 20 ms of
+    CPU: a fleet run creating a client per diagnosis spent seconds there."""
+    return httpx.create_ssl_context()
 
 
 def _classify(exc: BaseException) -> tuple[ErrorKind, str]:

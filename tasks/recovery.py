@@ -66,7 +66,7 @@ from service_health.recovery import (
 )
 from service_health.settings import Target
 from tasks import aws
-from tasks.http import fetch, fetch_with_retries
+from tasks.http import fetch, fetch_with_retries, tls_context
 
 USER_AGENT = "hokusai-health/recover"
 DEFAULT_STABILIZATION_TIMEOUT_S = 300.0
@@ -139,6 +139,7 @@ def _http_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         limits=httpx.Limits(max_keepalive_connections=0),
         headers={"User-Agent": USER_AGENT},
+        verify=tls_context(),
     )
 
 

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from sandbox.client import SandboxProcess
+from tests.conftest import converged
 from tests.flows.test_diagnose_flow import diagnose
 from tests.flows.test_recover_flow import deployments_started, recover
 from tests.helpers import wait_for
@@ -76,7 +77,7 @@ def test_recovery_killed_while_applying_is_not_applied_twice(
     wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 1, 15, "crash")
     before = deployments_started(healed, REGISTRY)
 
-    first = script(env, "recover_service.py", "--stabilization-timeout", "120")
+    first = script(env, "recover_service.py", "--stabilization-timeout", "120", "--cooldown", "0")
     try:
         wait_for(lambda: rolling(healed), 120, "the first recovery to force a deployment")
     finally:
@@ -118,5 +119,6 @@ def test_diagnosis_killed_mid_run_leaves_nothing_behind(
     assert proc.returncode != 0
     wait_for(lambda: not any(c.is_running() for c in children), 10, "children to exit")
     healed.client.heal("registry-hung")
+    wait_for(lambda: converged(healed), 60, "the registry's targets to be healthy again")
     state, report = diagnose(deadline_seconds=20)
     assert state.name == "Healthy", (report.critical_issues, report.warnings)
