@@ -23,17 +23,7 @@ import psycopg
 import redis
 from botocore.config import Config
 
-# The registry endpoints the health_endpoints check reads (as tasks/evidence.ENDPOINTS).
-ENDPOINTS = (
-    "/health",
-    "/health?detailed=true",
-    "/ready",
-    "/live",
-    "/health/mlflow",
-    "/health/status",
-    "/metrics",
-)
-AUTHENTICATED = ("/health/mlflow", "/health/status")
+from tasks.evidence import AUTHENTICATED, ENDPOINTS
 
 
 @dataclass

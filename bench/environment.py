@@ -31,7 +31,7 @@ from bench.harness import say
 from sandbox import statefiles
 from sandbox.client import SandboxClient, SandboxProcess
 from sandbox.ports import free_port
-from sandbox.processes import die_with_parent
+from sandbox.processes import die_with_parent, stop_group
 from sandbox.servers import PostgresServer
 from sandbox.statefiles import env_lines
 
@@ -73,40 +73,6 @@ def stop_signals() -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
-
-
-def stop_group(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    """SIGTERM the process group `proc` leads; SIGKILL whatever is left after `timeout`."""
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.poll()
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def sandbox_converged(client: SandboxClient) -> bool:
-    """Every ECS service settled on one completed deployment, all replicas running and
-    healthy, PostgreSQL and Redis up: the sandbox's own view of healthy."""
-    status = client.status()
-    return (
-        all(
-            len(s["deployments"]) == 1
-            and s["deployments"][0]["rollout_state"] == "COMPLETED"
-            and s["running"] == s["desired"]
-            and all(r["health"] == "healthy" for r in s["replicas"])
-            for s in status["services"].values()
-        )
-        and status["postgres"] == "up"
-        and status["redis"] == "up"
-    )
 
 
 class BenchEnv:
@@ -299,7 +265,7 @@ class BenchEnv:
     # -- the sandbox -------------------------------------------------------------------------
 
     def converged(self) -> bool:
-        return sandbox_converged(self.client)
+        return self.client.converged()
 
     def heal(self) -> None:
         """Heal every fault and wait until the sandbox says it is healthy again."""

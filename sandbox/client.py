@@ -49,6 +49,22 @@ class SandboxClient:
         result: dict[str, Any] = self._call("GET", "/status")
         return result
 
+    def converged(self) -> bool:
+        """Every ECS service settled on one completed deployment with all replicas running
+        and healthy, PostgreSQL and Redis up: the sandbox's own view of healthy."""
+        status = self.status()
+        return (
+            all(
+                len(s["deployments"]) == 1
+                and s["deployments"][0]["rollout_state"] == "COMPLETED"
+                and s["running"] == s["desired"]
+                and all(r["health"] == "healthy" for r in s["replicas"])
+                for s in status["services"].values()
+            )
+            and status["postgres"] == "up"
+            and status["redis"] == "up"
+        )
+
     def request_counts(self) -> dict[str, dict[str, int]]:
         result: dict[str, dict[str, int]] = self._call("GET", "/requests")["replicas"]
         return result

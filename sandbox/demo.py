@@ -28,7 +28,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -39,7 +39,7 @@ import httpx
 
 from sandbox.client import SandboxProcess
 from sandbox.ports import free_port
-from sandbox.processes import die_with_parent
+from sandbox.processes import die_with_parent, stop_group
 from sandbox.statefiles import env_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -547,7 +547,7 @@ class Demo:
             except Diverged:
                 ok = False
         if self.prefect is not None:
-            _stop_group(self.prefect)
+            stop_group(self.prefect, timeout=15.0)
             self.say("Temporary Prefect server stopped.")
         return ok
 
@@ -635,23 +635,6 @@ def _terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
             proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()
-
-
-def _stop_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    """SIGTERM the process group `proc` leads (uv and the server under it); SIGKILL leftovers."""
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.poll()
-        try:
-            os.killpg(proc.pid, 0)  # anyone left in the group?
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def run_demo(fault: str = DEFAULT_FAULT, state_dir: Path | None = None) -> int:

@@ -96,18 +96,7 @@ def healed(sandbox: SandboxProcess) -> Iterator[SandboxProcess]:
 
 
 def converged(sandbox: SandboxProcess) -> bool:
-    status = sandbox.client.status()
-    return (
-        all(
-            len(s["deployments"]) == 1
-            and s["deployments"][0]["rollout_state"] == "COMPLETED"
-            and s["running"] == s["desired"]
-            and all(r["health"] == "healthy" for r in s["replicas"])
-            for s in status["services"].values()
-        )
-        and status["postgres"] == "up"
-        and status["redis"] == "up"
-    )
+    return sandbox.client.converged()
 
 
 @pytest.fixture(scope="session")
