@@ -33,20 +33,12 @@ class Calls:
     def mutating_aws(self) -> list[tuple[str, str]]:
         return [c for c in self.aws if not c[1].startswith(READ_ONLY_AWS)]
 
-    def operations(self) -> set[str]:
-        return {op.split("(")[0] for _, op in self.aws}
-
     def mutating_http(self) -> list[tuple[str, str]]:
         return [
             (method, url)
             for method, url in self.http
             if method not in READ_ONLY_HTTP
             and not (method == "POST" and httpx.URL(url).path in READ_ONLY_POSTS)
-        ]
-
-    def mutations(self) -> list[str]:
-        return [f"{s}:{op}" for s, op in self.mutating_aws()] + [
-            f"{m} {u}" for m, u in self.mutating_http()
         ]
 
 
