@@ -100,19 +100,29 @@ def converged(sandbox: SandboxProcess) -> bool:
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> Iterator[str]:
-    """One temporary Prefect API server for the whole session; yields its URL.
+def prefect_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """The Prefect server's own PostgreSQL cluster (tests may stop the other one)."""
+    try:
+        server = PostgresServer(
+            tmp_path_factory.mktemp("prefect-pg") / "data", password="prefect-test-pw"
+        )
+    except ServerBinaryMissing as exc:
+        _missing(exc)
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_database: PostgresServer) -> Iterator[str]:
+    """One Prefect API server for the whole session, backed by PostgreSQL; yields its URL.
 
     Flows called in this process report to it; pass PREFECT_API_URL=<url> to subprocesses.
     """
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+    from tests.prefect_harness import postgres_prefect_server
 
-    with prefect_test_harness(server_startup_timeout=120):
-        url = PREFECT_API_URL.value()
-        assert url, "the Prefect test harness did not publish its API URL"
-        yield str(url)
+    with postgres_prefect_server(prefect_database.url) as url:
+        yield url
 
 
 @pytest.fixture
