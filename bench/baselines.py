@@ -23,7 +23,8 @@ import psycopg
 import redis
 from botocore.config import Config
 
-from tasks.evidence import AUTHENTICATED, ENDPOINTS
+from service_health.endpoints import ENDPOINTS
+from tasks.evidence import AUTHENTICATED
 
 
 @dataclass

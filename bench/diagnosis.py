@@ -19,9 +19,8 @@ import flows.diagnose as diagnose_module
 from bench.baselines import sequential_diagnosis
 from bench.environment import REGISTRY, BenchEnv, RunOptions, wait_until
 from bench.harness import BenchResult, ratio, say, stopwatch
-from flows.diagnose import CHECKS, NEEDS_REDACTOR, diagnose_service_health
+from flows.diagnose import CHECKS, diagnose_service_health
 from service_health.models import CheckName, DiagnosticReport
-from service_health.redaction import Redactor
 from tasks.config import load_target, with_secrets
 from tasks.evidence import Evidence
 
@@ -73,14 +72,13 @@ async def single_checks(target: str = TARGET) -> dict[str, float]:
     """Each check of the diagnose flow alone, one after another, each with its own
     evidence (nothing shared): how long each would take if it were the only one."""
     resolved = await with_secrets(load_target(target))
-    redactor = Redactor(resolved.secret_values())
     key = resolved.api_key.get_secret_value() if resolved.api_key else None
     seconds: dict[str, float] = {}
     for name, check in CHECKS.items():
         deadline = time.monotonic() + resolved.thresholds.deadline_s
         async with Evidence(resolved, key, deadline) as ev:
             started = time.perf_counter()
-            await check(*((ev, redactor) if name in NEEDS_REDACTOR else (ev,)))
+            await check(ev)
             seconds[name] = time.perf_counter() - started
     return seconds
 

@@ -38,7 +38,6 @@ CHECKS: dict[str, Check] = {
     "cloudwatch": checks.check_cloudwatch,
     "service_metrics": checks.check_service_metrics,
 }
-NEEDS_REDACTOR = {"database", "redis"}
 
 
 async def run_checks(target: Target, deadline_s: float) -> dict[str, CheckResult]:
@@ -53,10 +52,7 @@ async def run_checks(target: Target, deadline_s: float) -> dict[str, CheckResult
             duration = round((time.perf_counter() - started) * 1000, 1)
             return result.model_copy(update={"duration_ms": result.duration_ms or duration})
 
-        jobs = {
-            name: timed(check, *((ev, redactor) if name in NEEDS_REDACTOR else (ev,)))
-            for name, check in CHECKS.items()
-        }
+        jobs = {name: timed(check, ev) for name, check in CHECKS.items()}
         outcomes = await gather_by_deadline(jobs, deadline_s)
         results: dict[str, CheckResult] = {}
         for name, outcome in outcomes.items():

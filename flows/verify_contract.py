@@ -24,6 +24,7 @@ from service_health.contract import (
     ContractTestResult,
     build_report,
     report_markdown,
+    reset_probes_unsafe,
     tests_table,
 )
 from service_health.redaction import Redactor
@@ -58,8 +59,13 @@ def _failure(redactor: Redactor, exc: BaseException) -> str:
     return redactor.text(f"{type(exc).__name__}: {exc}")[:500]
 
 
-async def run_read_only_tests(target: Target, deadline_s: float) -> dict[str, ContractTestResult]:
-    """Every read-only test concurrently; one still running at the deadline fails."""
+async def run_read_only_tests(
+    target: Target, deadline_s: float
+) -> tuple[dict[str, ContractTestResult], str | None]:
+    """Every read-only test concurrently; one still running at the deadline fails.
+
+    Also says why the reset probes must not follow (None when a reset would change
+    nothing), from every replica's breaker as this run read it."""
     redactor = Redactor(target.secret_values())
     api_key = target.api_key.get_secret_value() if target.api_key else None
     started = time.perf_counter()
@@ -83,13 +89,21 @@ async def run_read_only_tests(target: Target, deadline_s: float) -> dict[str, Co
                 )
             else:
                 results[name] = outcome
-        return results
+        views, partial = await ev.breaker_views()
+        return results, reset_probes_unsafe(views, partial)
 
 
-async def run_mutating_tests(target: Target, read_only: bool) -> dict[str, ContractTestResult]:
-    """The reset tests, one after the other; skipped (not passed) in a read-only run."""
-    if read_only:
-        reason = "read-only run: no POST /health/mlflow/reset sent"
+async def run_mutating_tests(
+    target: Target, read_only: bool, unsafe: str | None = None
+) -> dict[str, ContractTestResult]:
+    """The reset tests, one after the other; skipped (not passed) in a read-only run or
+    where `unsafe` says a reset could change the service."""
+    if read_only or unsafe is not None:
+        reason = (
+            "read-only run: no POST /health/mlflow/reset sent"
+            if read_only
+            else f"not sent, to change nothing: {unsafe}"
+        )
         return {name: ContractTestResult.skipped(name, reason) for name in MUTATING}
     redactor = Redactor(target.secret_values())
     timeout_s = target.thresholds.request_timeout_s
@@ -153,8 +167,8 @@ async def verify_contract(
         " (read-only)" if read_only else "",
     )
 
-    results = await run_read_only_tests(resolved, thresholds.deadline_s)
-    results.update(await run_mutating_tests(resolved, read_only))
+    results, unsafe = await run_read_only_tests(resolved, thresholds.deadline_s)
+    results.update(await run_mutating_tests(resolved, read_only, unsafe))
     report = build_report(
         resolved.name,
         resolved.api_url,

@@ -27,6 +27,7 @@ from service_health.parsing import (
     parse_health_status,
     parse_live,
     parse_metrics,
+    parse_mlflow_health,
     parse_ready,
 )
 from service_health.views import HealthView, MetricsView, ReadyCheck, ReadyView
@@ -417,6 +418,33 @@ def _health_fields(j: _Judge, body: dict[str, Any], view: HealthView) -> None:
             f"`status`: expected unhealthy (HTTP 503) while postgres is unhealthy; "
             f"got {view.status!r}"
         )
+
+
+def reset_probes_unsafe(views: dict[str, HttpObservation], partial: bool) -> str | None:
+    """Why the reset probes must not be sent, or None when they cannot change anything.
+
+    A deployed version accepts a reset without a key and really resets: only a breaker
+    that is CLOSED with MLflow connected (nothing counted toward opening) is left as it
+    was by a reset, so every replica must read so.
+    """
+    if partial:
+        return (
+            "the breaker of every replica could not be read one by one (sampled through the "
+            "load balancer): a reset accepted without a key could change one not seen"
+        )
+    if not views:
+        return "no replica's breaker could be read"
+    for label, obs in views.items():
+        view = parse_mlflow_health(obs)
+        if not view.state_readable or view.breaker_state != BreakerState.CLOSED:
+            state = view.breaker_state if view.state_readable else obs.failure_text()
+            return f"the breaker of {label} does not read CLOSED ({state}): a reset could change it"
+        if view.connected is not True or (view.failure_count or 0) > 0:
+            return (
+                f"the breaker of {label} is CLOSED but counting MLflow failures: a reset "
+                "would clear the count"
+            )
+    return None
 
 
 def judge_basic_health(obs: HttpObservation) -> Judgment:

@@ -21,6 +21,9 @@ class ErrorKind(StrEnum):
     PROTOCOL = "protocol"
     REDIRECT = "redirect"
     OTHER = "other"
+    # Deliberately not sent (request discipline: it would have blocked or fed the breaker
+    # of a failing service, or the budget or deadline was spent); `error` says why.
+    NOT_SENT = "not_sent"
 
 
 class HttpObservation(BaseModel):
@@ -45,6 +48,18 @@ class HttpObservation(BaseModel):
         return self.status_code is not None
 
     @property
+    def sent(self) -> bool:
+        return self.error_kind is not ErrorKind.NOT_SENT
+
+    @classmethod
+    def not_sent(
+        cls, url: str, reason: str, replica: str | None = None, method: str = "GET"
+    ) -> HttpObservation:
+        return cls(
+            url=url, method=method, error=reason, error_kind=ErrorKind.NOT_SENT, replica=replica
+        )
+
+    @property
     def path(self) -> str:
         """Path and query of the URL, for evidence labels ("/health?detailed=true")."""
         try:
@@ -62,6 +77,8 @@ class HttpObservation(BaseModel):
 
     def failure_text(self) -> str:
         """Short description of why there is no usable answer (transport error or status)."""
+        if self.error_kind is ErrorKind.NOT_SENT:
+            return f"not sent: {self.error}"
         if self.error is not None or self.status_code is None:
             kind = f"{self.error_kind.value}: " if self.error_kind else ""
             return f"{kind}{self.error or 'no answer'}"

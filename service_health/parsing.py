@@ -7,6 +7,7 @@ enum values are kept as sent with a problem, naive timestamps are taken as UTC.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,8 +55,11 @@ SERVICE_STATES = {
 KNOWN_BREAKER_STATES = ("CLOSED", "OPEN", "HALF_OPEN")
 _LEGACY_SERVICE_KEYS = {"api", "dependency_checks"}
 
-# Numeric encoding of the breaker state in /metrics.
-_BREAKER_STATE_BY_VALUE = {0: BreakerState.CLOSED, 1: BreakerState.OPEN, 2: BreakerState.HALF_OPEN}
+# Numeric encoding of the breaker state in /metrics when its HELP text does not say: the
+# contract's. The deployed version documents another one in its HELP text, which wins.
+CONTRACT_STATE_BY_VALUE = {0: BreakerState.CLOSED, 1: BreakerState.OPEN, 2: BreakerState.HALF_OPEN}
+# "0=CLOSED", "1: HALF_OPEN", "2 OPEN": HALF_OPEN first, so OPEN does not match inside it.
+_HELP_STATE = re.compile(r"\b(\d+)\s*[=:]?\s*(HALF[_ -]?OPEN|CLOSED|OPEN)\b", re.IGNORECASE)
 
 # Series the deployed version exposes (DESIGN section 4, "Observed in a deployed version").
 LEGACY_METRIC_NAMES = (
@@ -332,6 +336,8 @@ def parse_metrics(text: str | None) -> MetricsView:
     try:
         for family in text_string_to_metric_families(text):
             view.families.append(family.name)
+            if family.name == "mlflow_circuit_breaker_state":
+                view.breaker_state_mapping = state_mapping_from_help(family.documentation)
             for sample in family.samples:
                 # The parser yields int for "7" and float for "7.0"; compare as floats.
                 value = float(sample.value)
@@ -357,6 +363,18 @@ def parse_metrics(text: str | None) -> MetricsView:
     for labels, _ in samples.get("mlflow_info_info", [])[:1]:
         view.mlflow_info_labels = labels
     return view
+
+
+def state_mapping_from_help(help_text: str | None) -> dict[int, BreakerState] | None:
+    """The value -> state mapping a gauge's HELP text documents, e.g. "(0=CLOSED,
+    1=HALF_OPEN, 2=OPEN)"; None unless it names at least two states unambiguously."""
+    mapping: dict[int, BreakerState] = {}
+    for number, name in _HELP_STATE.findall(help_text or ""):
+        state = BreakerState(re.sub(r"[ -]", "_", name.upper()))
+        if mapping.get(int(number), state) != state or state in mapping.values():
+            return None  # one value documented twice, or one state under two values
+        mapping[int(number)] = state
+    return mapping if len(mapping) >= 2 else None
 
 
 def _first_value(
@@ -392,8 +410,9 @@ def _read_breaker_metrics(
             )
         value = state_samples[0][1]
         view.breaker_state_value = value if math.isfinite(value) else None
-        if math.isfinite(value) and value.is_integer() and int(value) in _BREAKER_STATE_BY_VALUE:
-            view.breaker_state = _BREAKER_STATE_BY_VALUE[int(value)]
+        by_value = view.breaker_state_mapping or CONTRACT_STATE_BY_VALUE
+        if math.isfinite(value) and value.is_integer() and int(value) in by_value:
+            view.breaker_state = by_value[int(value)]
         else:
             view.breaker_state = short(value)
             view.problems.append(f"`mlflow_circuit_breaker_state`: unknown value {short(value)}")

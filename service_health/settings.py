@@ -44,6 +44,14 @@ class Thresholds(BaseModel):
     deadline_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # the whole diagnosis
     request_timeout_s: float = Field(5.0, gt=0, allow_inf_nan=False)  # one request
     per_service_concurrency: int = Field(4, ge=1)
+    # An MLflow-touching request is given as long as the service's own MLflow client may
+    # retry (about 10 s a check, two checks for /ready): cut short, it would go on holding
+    # the replica while we sent the next one.
+    mlflow_request_timeout_s: float = Field(25.0, gt=0, allow_inf_nan=False)
+    # An MLflow-touching answer slower than this held the deployed version's event loop.
+    blocking_s: float = Field(1.0, gt=0, allow_inf_nan=False)
+    # MLflow-touching requests one run may send to the registry, all replicas together.
+    mlflow_request_budget: int = Field(12, ge=1, le=200)
 
     def with_overrides(self, **values: float | None) -> Thresholds:
         """A validated copy with `values` (None ones ignored): a flag or flow parameter such
@@ -120,7 +128,11 @@ class _TargetFields(BaseModel):
     # direct: read every ALB-registered replica; sample: several requests through the LB;
     # auto: direct when the replicas answer from the worker, else sample.
     replica_discovery: ReplicaDiscovery = "auto"
-    samples: int = Field(4, ge=1, le=32)  # requests through the LB in sample mode
+    # /health/mlflow requests through the LB in sample mode: at most this many, and more
+    # than one only with evidence of more than one replica (ECS desired count, registered
+    # targets, or `replicas` below).
+    samples: int = Field(4, ge=1, le=32)
+    replicas: int | None = Field(None, ge=1, le=1000)  # registry replicas, when known
     secret_blocks: SecretBlocks = Field(default_factory=SecretBlocks)
     thresholds: Thresholds = Field(default_factory=Thresholds)
 

@@ -95,6 +95,9 @@ class MetricsView(BaseModel):
     families: list[str] = Field(default_factory=list)
     breaker_state: BreakerState | str | None = None
     breaker_state_value: float | None = None
+    # The gauge's value -> state mapping as its HELP text documents it; None: not documented
+    # there, read with the contract's mapping.
+    breaker_state_mapping: dict[int, BreakerState] | None = None
     breaker_failures: float | None = None
     breaker_recovery_attempts: float | None = None
     connection_status: float | None = None  # deployed version: 1 connected, 0 not

@@ -19,10 +19,10 @@ from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 
 from service_health import assessment
+from service_health.endpoints import ENDPOINTS
 from service_health.models import CheckResult
-from service_health.redaction import Redactor
-from tasks.datastores import probe_postgres, probe_redis
-from tasks.evidence import ENDPOINTS, Evidence, dicts
+from tasks.datastores import probe_redis
+from tasks.evidence import Evidence, dicts
 
 TRANSIENT = (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError)
 
@@ -63,9 +63,9 @@ async def check_api_connectivity(ev: Evidence) -> CheckResult:
 
 @check_task(name="check-health-endpoints")
 async def check_health_endpoints(ev: Evidence) -> CheckResult:
-    # Every endpoint at once (the per-service limit still bounds the requests in flight).
-    # A replica's own /health/mlflow answer stands in for the load balancer's, so that no
-    # replica is asked twice: that one is fetched only once the replicas' views are known.
+    # Every endpoint; Evidence sends them under the request discipline (light ones first,
+    # MLflow-touching ones one at a time per replica). A replica's own /health/mlflow answer
+    # stands in for the load balancer's, so that no replica is asked twice.
     others = [path for path in ENDPOINTS if path != "/health/mlflow"]
     gathered: list[Any] = await asyncio.gather(
         ev.breaker_views(), *(ev.endpoint(path) for path in others)
@@ -77,7 +77,12 @@ async def check_health_endpoints(ev: Evidence) -> CheckResult:
         direct if direct is not None else await ev.endpoint("/health/mlflow")
     )
     observations = {path: fetched[path] for path in ENDPOINTS}
-    return assessment.assess_health_endpoints(observations, ev.target.thresholds.slow_response_s)
+    t = ev.target.thresholds
+    result = assessment.assess_health_endpoints(
+        observations, t.slow_response_s, await ev.request_log(), t.blocking_s
+    )
+    details = {**result.details, "request_discipline": ev.discipline()}
+    return result.model_copy(update={"details": details})
 
 
 @check_task(name="check-circuit-breaker")
@@ -99,25 +104,24 @@ async def check_mlflow(ev: Evidence) -> CheckResult:
 
 
 @check_task(name="check-database")
-async def check_database(ev: Evidence, redactor: Redactor) -> CheckResult:
+async def check_database(ev: Evidence) -> CheckResult:
     t = ev.target
     if t.database_url is None:
         health, ready = await asyncio.gather(ev.endpoint("/health"), ev.endpoint("/ready"))
         return assessment.assess_database_from_service(health, ready)
-    obs = await probe_postgres(
-        t.database_url.get_secret_value(), t.thresholds.request_timeout_s, redactor
-    )
+    obs = await ev.postgres()
+    assert obs is not None  # a database URL is configured
     return assessment.assess_database(obs, t.thresholds.db_slow_s)
 
 
 @check_task(name="check-redis")
-async def check_redis(ev: Evidence, redactor: Redactor) -> CheckResult:
+async def check_redis(ev: Evidence) -> CheckResult:
     t = ev.target
     if t.redis_url is None:
         health, ready = await asyncio.gather(ev.endpoint("/health"), ev.endpoint("/ready"))
         return assessment.assess_redis_from_service(health, ready)
     obs = await probe_redis(
-        t.redis_url.get_secret_value(), t.thresholds.request_timeout_s, redactor
+        t.redis_url.get_secret_value(), t.thresholds.request_timeout_s, ev.redactor
     )
     return assessment.assess_redis(obs, t.thresholds.redis_slow_ms)
 
@@ -133,15 +137,31 @@ async def check_alb(ev: Evidence) -> CheckResult:
         else None
     )
     health = {}
+    arn_names: dict[str, str] = {}
     if t.target_groups:
         groups = await ev.target_groups()
         for g in dicts(groups.response, "TargetGroups"):
             name, arn = g.get("TargetGroupName"), g.get("TargetGroupArn")
             if isinstance(name, str) and isinstance(arn, str):
+                arn_names[arn] = name
                 health[name] = await ev.target_health(arn)
         if groups.response is None:
             health = {"describe_target_groups": groups}
-    return assessment.assess_alb(lbs, health, non_critical_groups=t.mlflow_target_groups)
+    return assessment.assess_alb(
+        lbs, health, non_critical_groups=await _mlflow_groups(ev, arn_names)
+    )
+
+
+async def _mlflow_groups(ev: Evidence, arn_names: dict[str, str]) -> list[str]:
+    """The target groups serving MLflow (no healthy target there only degrades): as
+    configured, else the ones ECS says the MLflow service is registered in."""
+    t = ev.target
+    if t.mlflow_target_groups:
+        return list(t.mlflow_target_groups)
+    if not t.mlflow_ecs_service:
+        return []
+    by_service = await ev.service_target_group_arns()
+    return [arn_names[arn] for arn in by_service.get(t.mlflow_ecs_service, []) if arn in arn_names]
 
 
 @check_task(name="check-ecs")

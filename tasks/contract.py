@@ -5,7 +5,9 @@ most once per run, whichever tests read it; transient failures are retried with 
 except on the endpoints that call MLflow through the breaker, which are never retried.
 The two reset tests are the only requests that could change the service: each is sent
 exactly once, never retried, with no credentials or with a random wrong key (never the
-real one).
+real one), and only where a reset would change nothing (every replica's breaker reads
+CLOSED with MLflow connected): a deployed version that accepts keyless resets must not be
+reset by its contract test.
 
 No task-level retries: a test's I/O is retried where it happens (or deliberately not), and
 the shared answers are memoised, so a retried task could only re-read the same answer.
@@ -24,7 +26,8 @@ from prefect import Task, task
 from prefect.cache_policies import NONE
 
 from service_health import contract
-from service_health.assessment.api import (
+from service_health.contract import ContractTestResult, Judgment
+from service_health.endpoints import (
     HEALTH,
     HEALTH_DETAILED,
     HEALTH_MLFLOW,
@@ -33,7 +36,6 @@ from service_health.assessment.api import (
     METRICS,
     READY,
 )
-from service_health.contract import ContractTestResult, Judgment
 from service_health.observations import HttpObservation
 from tasks.evidence import Evidence
 from tasks.http import fetch
@@ -54,56 +56,66 @@ def _result(name: str, judgment: Judgment, started: float) -> ContractTestResult
     return ContractTestResult.from_judgment(name, judgment, duration)
 
 
+def _judge(
+    name: str, obs: HttpObservation, judge: Callable[[HttpObservation], Judgment], started: float
+) -> ContractTestResult:
+    """The judge's verdict on `obs`; skipped, with the reason, when the request discipline
+    did not send it (it would have blocked the service or fed its breaker)."""
+    if not obs.sent:
+        return ContractTestResult.skipped(name, f"{obs.label} not sent: {obs.error}")
+    return _result(name, judge(obs), started)
+
+
 @contract_task(name="contract-basic-health")
 async def basic_health(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
-    return _result("basic_health", contract.judge_basic_health(await ev.endpoint(HEALTH)), started)
+    return _judge("basic_health", await ev.endpoint(HEALTH), contract.judge_basic_health, started)
 
 
 @contract_task(name="contract-detailed-health")
 async def detailed_health(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
     obs = await ev.endpoint(HEALTH_DETAILED)
-    return _result("detailed_health", contract.judge_detailed_health(obs), started)
+    return _judge("detailed_health", obs, contract.judge_detailed_health, started)
 
 
 @contract_task(name="contract-readiness")
 async def readiness(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
-    return _result("readiness", contract.judge_readiness(await ev.endpoint(READY)), started)
+    return _judge("readiness", await ev.endpoint(READY), contract.judge_readiness, started)
 
 
 @contract_task(name="contract-liveness")
 async def liveness(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
-    return _result("liveness", contract.judge_liveness(await ev.endpoint(LIVE)), started)
+    return _judge("liveness", await ev.endpoint(LIVE), contract.judge_liveness, started)
 
 
 @contract_task(name="contract-mlflow-health")
 async def mlflow_health(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
     obs = await ev.endpoint(HEALTH_MLFLOW)
-    return _result("mlflow_health", contract.judge_mlflow_health(obs), started)
+    return _judge("mlflow_health", obs, contract.judge_mlflow_health, started)
 
 
 @contract_task(name="contract-circuit-breaker-details")
 async def circuit_breaker_details(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
     obs = await ev.endpoint(HEALTH_MLFLOW)
-    return _result("circuit_breaker_details", contract.judge_circuit_breaker_details(obs), started)
+    return _judge("circuit_breaker_details", obs, contract.judge_circuit_breaker_details, started)
 
 
 @contract_task(name="contract-service-status")
 async def service_status(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
     obs = await ev.endpoint(HEALTH_STATUS)
-    return _result("service_status", contract.judge_service_status(obs), started)
+    return _judge("service_status", obs, contract.judge_service_status, started)
 
 
 @contract_task(name="contract-metrics")
 async def metrics(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
-    return _result("metrics", contract.judge_metrics(await ev.endpoint(METRICS)), started)
+    return _judge("metrics", await ev.endpoint(METRICS), contract.judge_metrics, started)
 
 
 @contract_task(name="contract-graceful-degradation")
@@ -114,9 +126,16 @@ async def graceful_degradation(ev: Evidence) -> ContractTestResult:
     started = time.perf_counter()
     paths = (HEALTH, READY, HEALTH_MLFLOW, METRICS)
     first = await asyncio.gather(*(ev.endpoint(p) for p in paths))
+    unsent = [o for o in first if not o.sent]
+    if unsent:
+        reasons = "; ".join(f"{o.label} not sent: {o.error}" for o in unsent)
+        return ContractTestResult.skipped("graceful_degradation", reasons)
     judgment = first_judgment = contract.judge_graceful_degradation(*first)
     if not first_judgment.passed:
         second = await asyncio.gather(*(ev.reread(p) for p in paths))
+        if any(not o.sent for o in second):
+            # The discipline stopped the second reading: the first one stands.
+            return _result("graceful_degradation", first_judgment, started)
         judgment = contract.judge_graceful_degradation(*second)
         judgment.evidence.append(
             "read twice; the first reading disagreed: " + "; ".join(first_judgment.diff)

@@ -1,15 +1,18 @@
-"""Everything one diagnosis reads, fetched at most once and shared by every check.
+"""Everything one run reads, fetched at most once and shared by every check.
 
-First, do no harm: each endpoint of the service is requested at most once per run (per
-replica), the endpoints that call MLflow through the breaker are never retried, and the
-requests to one service are bounded in concurrency. Checks ask this object for what they
-need; concurrent asks for the same thing wait for the one request in flight.
+First, do no harm (service_health.discipline): the light endpoints of the registry are read
+first; the MLflow-touching ones go one at a time per replica (per load balancer in sample
+mode), in a fixed order, each at most once, never retried, within a per-run budget, and
+stop where an answer shows that more would block the replica or feed its breaker. Checks
+ask this object for what they need; concurrent asks for the same thing wait for the one
+request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -19,24 +22,27 @@ from typing import Any, TypeVar
 import httpx
 
 from service_health.aws_responses import read_target_health
-from service_health.observations import AwsObservation, ErrorKind, HttpObservation
+from service_health.discipline import (
+    LIGHT,
+    MLFLOW_TOUCHING,
+    RequestLog,
+    halt_reason,
+    touches_mlflow,
+)
+from service_health.observations import (
+    AwsObservation,
+    ErrorKind,
+    HttpObservation,
+    PostgresObservation,
+)
+from service_health.redaction import Redactor
 from service_health.settings import Target
 from tasks import aws
-from tasks.http import fetch_with_retries, tls_context
+from tasks.datastores import probe_postgres
+from tasks.http import fetch, fetch_with_retries, tls_context
 
 T = TypeVar("T")
 
-ENDPOINTS = (
-    "/health",
-    "/health?detailed=true",
-    "/ready",
-    "/live",
-    "/health/mlflow",
-    "/health/status",
-    "/metrics",
-)
-# Each of these calls MLflow through the breaker: a retry would feed a failing breaker.
-BREAKER_FEEDING = frozenset({"/health/mlflow", "/ready", "/health?detailed=true", "/health/status"})
 AUTHENTICATED = frozenset({"/health/mlflow", "/health/status"})
 UNUSABLE_TARGET_STATES = frozenset({"draining", "unused"})
 _HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
@@ -60,6 +66,22 @@ def replica_address(host: Any, port: Any) -> str | None:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
+class _Channel:
+    """Our requests to one replica (or to the load balancer, in sample mode)."""
+
+    def __init__(self, base: str, replica: str | None) -> None:
+        self.base = base.rstrip("/")
+        self.replica = replica
+        # One MLflow-touching request in flight at a time; later light reads wait too.
+        self.lock = asyncio.Lock()
+        self.halted: str | None = None
+        self.sent = 0
+
+    @property
+    def name(self) -> str:
+        return self.replica or "load balancer"
+
+
 class Evidence:
     def __init__(
         self, target: Target, api_key: str | None, deadline_at: float | None = None
@@ -80,6 +102,13 @@ class Evidence:
             verify=tls_context(),
         )
         self._clients: dict[str, Any] = {}
+        self.redactor = Redactor(target.secret_values())
+        self._lb = _Channel(target.api_url, None)
+        self._replicas: dict[str, _Channel] = {}
+        self._mlflow_sent = 0
+        # Every MLflow-touching exchange, sent or not, in the order decided.
+        self.touching: list[HttpObservation] = []
+        self.sample_basis = ""
 
     async def __aenter__(self) -> Evidence:
         return self
@@ -117,68 +146,196 @@ class Evidence:
             return {"Authorization": f"Bearer {self._api_key}"}
         return {}
 
-    async def _get(self, base: str, path: str, replica: str | None, limit: str) -> HttpObservation:
-        async with self._limits[limit]:
+    def _channel(self, replica: str) -> _Channel:
+        if replica not in self._replicas:
+            self._replicas[replica] = _Channel(f"http://{replica}", replica)
+        return self._replicas[replica]
+
+    async def _light(self, ch: _Channel, path: str) -> HttpObservation:
+        """A light read (no MLflow, no database): retried on transient failures."""
+        async with self._limits["registry"]:
             return await fetch_with_retries(
                 self._http,
                 "GET",
-                base.rstrip("/") + path,
-                retry=path not in BREAKER_FEEDING,
+                ch.base + path,
+                retry=True,
                 budget_s=self._budget(),
                 headers=self._headers(path),
                 timeout_s=self._timeout(),
-                replica=replica,
+                replica=ch.replica,
             )
 
-    def endpoint(self, path: str) -> Awaitable[HttpObservation]:
-        """`path` through the load balancer (the service's public URL)."""
-        return self._once(
-            ("lb", path), lambda: self._get(self.target.api_url, path, None, "registry")
+    def _first_light(self, ch: _Channel, path: str) -> Awaitable[HttpObservation]:
+        return self._once(("light", ch.name, path), lambda: self._light(ch, path))
+
+    async def _ahead_of_touching(self, ch: _Channel, path: str) -> None:
+        """What must be in before `path` goes to `ch`: the light reads through the load
+        balancer (they land on some replica) and of `ch` itself, and the MLflow-touching
+        endpoint before `path` in priority order."""
+        await asyncio.gather(*(self._first_light(self._lb, p) for p in LIGHT))
+        live = await self._first_light(ch, "/live")  # the load balancer's own for it
+        if ch.halted is None and (reason := halt_reason(live, math.inf)) is not None:
+            ch.halted = reason
+        index = MLFLOW_TOUCHING.index(path)
+        if index > 0:
+            await self._touching(ch, MLFLOW_TOUCHING[index - 1])
+
+    def _touching(self, ch: _Channel, path: str) -> Awaitable[HttpObservation]:
+        async def go() -> HttpObservation:
+            await self._ahead_of_touching(ch, path)
+            return await self._send_touching(ch, path)
+
+        return self._once(("touching", ch.name, path), go)
+
+    async def _send_touching(self, ch: _Channel, path: str) -> HttpObservation:
+        """One MLflow-touching request to `ch`, or the reason it is not sent. Never retried:
+        each attempt is one more MLflow call counted by the breaker."""
+        thresholds = self.target.thresholds
+        url = ch.base + path
+        async with ch.lock:
+            remaining = self._budget()
+            if ch.halted is not None:
+                obs = HttpObservation.not_sent(url, ch.halted, ch.replica)
+            elif self._mlflow_sent >= thresholds.mlflow_request_budget:
+                obs = HttpObservation.not_sent(
+                    url,
+                    f"the run's budget of {thresholds.mlflow_request_budget} "
+                    "MLflow-touching requests is spent",
+                    ch.replica,
+                )
+            elif remaining < 1.0:
+                obs = HttpObservation.not_sent(
+                    url, "the deadline leaves no time to wait for its answer", ch.replica
+                )
+            else:
+                self._mlflow_sent += 1
+                ch.sent += 1
+                obs = await fetch(
+                    self._http,
+                    "GET",
+                    url,
+                    headers=self._headers(path),
+                    timeout_s=min(thresholds.mlflow_request_timeout_s, remaining),
+                    replica=ch.replica,
+                )
+                ch.halted = halt_reason(obs, thresholds.blocking_s)
+        self.touching.append(obs)
+        return obs
+
+    async def _primary(self) -> _Channel:
+        """Where the service-wide MLflow-touching endpoints are read: the first replica
+        that answered /live when the replicas are read one by one, else the load balancer."""
+        return await self._once("primary", self._choose_primary)
+
+    async def _choose_primary(self) -> _Channel:
+        replicas, _ = await self._direct_replicas()
+        for replica in replicas:
+            live = await self._first_light(self._channel(replica), "/live")
+            if live.status_code == 200:
+                return self._channel(replica)
+        return self._channel(replicas[0]) if replicas else self._lb
+
+    async def _direct_replicas(self) -> tuple[list[str], bool]:
+        """(replicas to read one by one, whether they were discovered at all)."""
+        return await self._once("direct-replicas", self._find_direct_replicas)
+
+    async def _find_direct_replicas(self) -> tuple[list[str], bool]:
+        mode = self.target.replica_discovery
+        replicas = await self.registry_replicas() if mode != "sample" else []
+        if not replicas:
+            return [], False
+        lives = await asyncio.gather(
+            *(self._first_light(self._channel(r), "/live") for r in replicas)
         )
+        unreachable = all(obs.error_kind is ErrorKind.CONNECT for obs in lives)
+        if unreachable and mode == "auto":
+            return [], True  # registered, but not reachable from here: sample the LB
+        return sorted(replicas), True
+
+    def endpoint(self, path: str) -> Awaitable[HttpObservation]:
+        """`path` of the service: light ones through the load balancer, MLflow-touching ones
+        where the request discipline sends them (read once either way)."""
+        if not touches_mlflow(path):
+            return self._first_light(self._lb, path)
+
+        async def go() -> HttpObservation:
+            return await self._touching(await self._primary(), path)
+
+        return self._once(("endpoint", path), go)
 
     async def reread(self, path: str) -> HttpObservation:
-        """`path` through the load balancer again, now (not memoised)."""
-        return await self._get(self.target.api_url, path, None, "registry")
-
-    def replica_endpoint(self, replica: str, path: str) -> Awaitable[HttpObservation]:
-        return self._once(
-            ("replica", replica, path),
-            lambda: self._get(f"http://{replica}", path, replica, "registry"),
-        )
+        """`path` again, now (not memoised), under the same discipline."""
+        if not touches_mlflow(path):
+            # Through the load balancer it lands on any replica: wait until none has an
+            # MLflow-touching request of ours in flight (the first reads are in; rereads
+            # go through the primary's lock).
+            await asyncio.gather(self.endpoint(path), self.breaker_views())
+            primary = await self._primary()
+            async with primary.lock:
+                return await self._light(self._lb, path)
+        ch = await self._primary()
+        await self._touching(ch, path)
+        return await self._send_touching(ch, path)
 
     async def breaker_views(self) -> tuple[dict[str, HttpObservation], bool]:
         """/health/mlflow of every replica, and whether that view is partial.
 
         Direct per-replica reads where the ALB's registered targets are reachable from here;
-        otherwise several samples through the load balancer, marked partial.
+        otherwise samples through the load balancer (serially, and more than one only with
+        evidence of more than one replica), marked partial.
         """
         return await self._once("breaker-views", self._breaker_views)
 
     async def _breaker_views(self) -> tuple[dict[str, HttpObservation], bool]:
-        mode = self.target.replica_discovery
-        replicas = await self.registry_replicas() if mode != "sample" else []
+        replicas, _ = await self._direct_replicas()
         if replicas:
-            views = dict(
-                zip(
-                    replicas,
-                    await asyncio.gather(
-                        *(self.replica_endpoint(r, "/health/mlflow") for r in replicas)
-                    ),
-                    strict=True,
-                )
+            views = await asyncio.gather(
+                *(self._touching(self._channel(r), "/health/mlflow") for r in replicas)
             )
-            unreachable = all(v.error_kind is ErrorKind.CONNECT for v in views.values())
-            if not (unreachable and mode == "auto"):
-                return views, False
-        samples = max(1, self.target.samples)
-        first = await self.endpoint("/health/mlflow")
-        rest = await asyncio.gather(
-            *(
-                self._get(self.target.api_url, "/health/mlflow", None, "registry")
-                for _ in range(samples - 1)
-            )
-        )
-        return {f"sample-{i + 1}": obs for i, obs in enumerate([first, *rest])}, True
+            return dict(zip(replicas, views, strict=True)), False
+        samples, self.sample_basis = await self._sample_count()
+        observations = [await self.endpoint("/health/mlflow")]
+        for _ in range(samples - 1):
+            observations.append(await self._send_touching(self._lb, "/health/mlflow"))
+        return {f"sample-{i + 1}": obs for i, obs in enumerate(observations)}, True
+
+    async def _sample_count(self) -> tuple[int, str]:
+        """How many /health/mlflow samples through the load balancer, and on what evidence:
+        more than one only where something says there is more than one replica."""
+        t = self.target
+        known: list[tuple[int, str]] = []
+        if t.replicas is not None:
+            known.append((t.replicas, "configured replicas"))
+        if t.ecs_cluster and t.ecs_services:
+            services = await self.ecs_services()
+            desired = [
+                s["desiredCount"]
+                for s in dicts(services.response, "services")
+                if s.get("serviceName") != t.mlflow_ecs_service
+                and isinstance(s.get("desiredCount"), int)
+            ]
+            if desired:
+                known.append((sum(desired), "ECS desired count"))
+        registered = len(await self.registry_replicas())
+        if registered:
+            known.append((registered, "registered targets"))
+        if not known:
+            return 1, "no evidence of more than one replica: one sample"
+        count, source = max(known)
+        samples = max(1, min(t.samples, count))
+        return samples, f"{source}: {count}; {samples} sample{'s' if samples != 1 else ''}"
+
+    def discipline(self) -> dict[str, Any]:
+        """What the run sent under the request discipline, for the report."""
+        channels = self._channels()
+        return {
+            "mlflow_touching_sent": self._mlflow_sent,
+            "mlflow_touching_budget": self.target.thresholds.mlflow_request_budget,
+            "sent_per_replica": {ch.name: ch.sent for ch in channels if ch.sent},
+            "halted": {ch.name: ch.halted for ch in channels if ch.halted},
+            "not_sent": [f"{o.label}: {o.error}" for o in self.touching if not o.sent],
+            "sample_basis": self.sample_basis or None,
+        }
 
     async def registry_replicas(self) -> list[str]:
         """host:port of every registered registry target that is not draining or unused.
@@ -187,6 +344,9 @@ class Evidence:
         configured ECS services other than the MLflow service; without ECS configuration,
         the first of the configured target groups.
         """
+        return await self._once("registry-replicas", self._registry_replicas)
+
+    async def _registry_replicas(self) -> list[str]:
         arns = await self.registry_target_group_arns()
         healths = await asyncio.gather(*(self.target_health(arn) for arn in arns))
         replicas: list[str] = []
@@ -197,19 +357,33 @@ class Evidence:
                     replicas.append(address)
         return replicas
 
-    async def registry_target_group_arns(self) -> list[str]:
+    async def service_target_group_arns(self) -> dict[str, list[str]]:
+        """ECS service name -> the target group ARNs ECS says it is registered in."""
         t = self.target
-        if t.ecs_cluster and t.ecs_services:
-            services = await self.ecs_services()
-            arns = [
+        if not (t.ecs_cluster and t.ecs_services):
+            return {}
+        services = await self.ecs_services()
+        return {
+            s["serviceName"]: [
                 lb["targetGroupArn"]
-                for s in dicts(services.response, "services")
-                if s.get("serviceName") != t.mlflow_ecs_service
                 for lb in dicts(s, "loadBalancers")
                 if isinstance(lb.get("targetGroupArn"), str) and lb["targetGroupArn"]
             ]
-            if arns:
-                return arns
+            for s in dicts(services.response, "services")
+            if isinstance(s.get("serviceName"), str)
+        }
+
+    async def registry_target_group_arns(self) -> list[str]:
+        t = self.target
+        by_service = await self.service_target_group_arns()
+        arns = [
+            arn
+            for name, group_arns in by_service.items()
+            if name != t.mlflow_ecs_service
+            for arn in group_arns
+        ]
+        if arns:
+            return arns
         if not t.target_groups:
             return []
         groups = await self.target_groups()
@@ -217,7 +391,38 @@ class Evidence:
                  if isinstance(g.get("TargetGroupArn"), str)]  # fmt: skip
         return found[:1]
 
-    # -- MLflow, directly ----------------------------------------------------------------
+    # -- the datastores and MLflow, directly ----------------------------------------------
+
+    def postgres(self) -> Awaitable[PostgresObservation | None]:
+        """The direct PostgreSQL probe (None without a database URL), shared by the checks."""
+
+        async def go() -> PostgresObservation | None:
+            url = self.target.database_url
+            if url is None:
+                return None
+            timeout = self.target.thresholds.request_timeout_s
+            return await probe_postgres(url.get_secret_value(), timeout, self.redactor)
+
+        return self._once("postgres", go)
+
+    async def request_log(self) -> RequestLog:
+        """The MLflow-touching exchanges so far, and what the direct probes say of the
+        database and MLflow (to attribute a stall to the right one)."""
+        log = RequestLog(
+            touching=list(self.touching),
+            halted={ch.name: ch.halted for ch in self._channels() if ch.halted},
+        )
+        db = await self.postgres()
+        if db is not None and db.error:
+            log.database_failing = f"direct PostgreSQL probe: {db.error}"
+        if self.target.mlflow_url:
+            health = await self.mlflow("/health")
+            if health.status_code != 200:
+                log.mlflow_failing = f"direct {health.label} to MLflow: {health.failure_text()}"
+        return log
+
+    def _channels(self) -> list[_Channel]:
+        return [self._lb, *self._replicas.values()]
 
     def mlflow(self, path: str) -> Awaitable[HttpObservation]:
         assert self.target.mlflow_url

@@ -5,18 +5,7 @@ dependencies (MLflow, PostgreSQL, Redis), aws (ALB, ECS, RDS, CloudWatch), metri
 (/metrics), verdict (assess, build_report).
 """
 
-from service_health.assessment.api import (
-    ENDPOINTS,
-    HEALTH,
-    HEALTH_DETAILED,
-    HEALTH_MLFLOW,
-    HEALTH_STATUS,
-    LIVE,
-    METRICS,
-    READY,
-    assess_api_connectivity,
-    assess_health_endpoints,
-)
+from service_health.assessment.api import assess_api_connectivity, assess_health_endpoints
 from service_health.assessment.aws import (
     assess_alb,
     assess_aws_infrastructure,
@@ -34,6 +23,16 @@ from service_health.assessment.dependencies import (
 )
 from service_health.assessment.metrics import assess_metrics
 from service_health.assessment.verdict import assess, build_report, group_aws_components
+from service_health.endpoints import (
+    ENDPOINTS,
+    HEALTH,
+    HEALTH_DETAILED,
+    HEALTH_MLFLOW,
+    HEALTH_STATUS,
+    LIVE,
+    METRICS,
+    READY,
+)
 
 __all__ = [
     "ENDPOINTS",

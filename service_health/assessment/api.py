@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from service_health.assessment.common import ResultBuilder, seconds
+from service_health.discipline import RequestLog, stall_causes, stalled, touches_mlflow
+from service_health.endpoints import (
+    HEALTH,
+    HEALTH_DETAILED,
+    HEALTH_MLFLOW,
+    HEALTH_STATUS,
+    LIVE,
+    METRICS,
+    READY,
+)
 from service_health.models import CheckName, CheckResult, CheckStatus
 from service_health.observations import ErrorKind, HttpObservation
 from service_health.parsing import (
@@ -16,16 +26,23 @@ from service_health.parsing import (
 )
 from service_health.views import EndpointView, HealthView, ReadyView
 
-HEALTH = "/health"
-HEALTH_DETAILED = "/health?detailed=true"
-READY = "/ready"
-LIVE = "/live"
-HEALTH_MLFLOW = "/health/mlflow"
-HEALTH_STATUS = "/health/status"
-METRICS = "/metrics"
-ENDPOINTS = (HEALTH, HEALTH_DETAILED, READY, LIVE, HEALTH_MLFLOW, HEALTH_STATUS, METRICS)
-
 _GATEWAY_CODES = (502, 503, 504)
+_STALL_RECOMMENDATIONS = {
+    "MLflow": (
+        "Restore MLflow (see mlflow_service): once the breaker opens, MLflow calls are refused "
+        "at once and the stalls stop. The service should not run its MLflow client on the "
+        "event loop"
+    ),
+    "database": (
+        "Restore PostgreSQL (see database); the service's database check retries on the "
+        "event loop, so every database-touching request stalls it meanwhile"
+    ),
+    "database and MLflow": (
+        "Restore PostgreSQL (see database) and MLflow (see mlflow_service); both checks "
+        "block the service's event loop while they fail"
+    ),
+}
+_STALL_UNKNOWN = "Check the service logs for slow handlers and the ECS tasks' CPU"
 _HIGH_USAGE_PERCENT = 90.0
 _DB_CHECK_NAMES = ("database", "postgres", "postgresql", "db")
 
@@ -84,8 +101,8 @@ def assess_api_connectivity(obs: HttpObservation, slow_s: float = 5.0) -> CheckR
         b.warning(
             f"API responded slowly: {seconds(obs.elapsed_ms)} on {obs.label} "
             f"(threshold {slow_s:g} s)",
-            "Check CPU and memory of the ECS tasks and the latency of MLflow and the database "
-            "(a slow MLflow call blocks the deployed version's event loop)",
+            "Check CPU and memory of the ECS tasks and the service's dependencies (see "
+            "health_endpoints for what the slow answers point to)",
             ev,
         )
         summary = f"slow: {seconds(obs.elapsed_ms)}"
@@ -129,9 +146,17 @@ def _not_healthy_services(view: HealthView) -> str:
 class _EndpointJudge:
     """Reads each endpoint once and merges what they say into few, well-sourced findings."""
 
-    def __init__(self, endpoints: dict[str, HttpObservation], slow_s: float) -> None:
+    def __init__(
+        self,
+        endpoints: dict[str, HttpObservation],
+        slow_s: float,
+        log: RequestLog | None,
+        blocking_s: float,
+    ) -> None:
         self.endpoints = endpoints
         self.slow_s = slow_s
+        self.log = log or RequestLog()
+        self.blocking_s = blocking_s
         self.b = ResultBuilder(CheckName.HEALTH_ENDPOINTS)
         self.per: dict[str, dict[str, Any]] = {}
         self.views: dict[str, EndpointView] = {}
@@ -160,6 +185,8 @@ class _EndpointJudge:
                 self.views[key] = view
             self.per[key] = _endpoint_entry(obs, view)
         self._transport_failures()
+        self._not_sent()
+        self._stalls()
         self._ready()
         for key in (HEALTH, HEALTH_DETAILED):
             self._health(key)
@@ -168,13 +195,81 @@ class _EndpointJudge:
         self._merge()
         self._deviations()
         self.b.details["endpoints"] = self.per
-        answered = sum(1 for o in self.endpoints.values() if o.answered)
-        summary = f"{answered}/{len(self.endpoints)} endpoints answered"
+        summary = self._counts()
         if self.cannot_serve:
             summary += "; cannot serve traffic"
         elif self.degraded:
             summary += "; degraded mode"
         return self.b.build(summary)
+
+    def _counts(self) -> str:
+        """ "7/7 answered, 2 with HTTP 500": what was sent, what answered, and how."""
+        sent = [o for o in self.endpoints.values() if o.sent]
+        answered = [o for o in sent if o.answered]
+        text = f"{len(answered)}/{len(sent)} answered"
+        errors: dict[int, int] = {}
+        for o in answered:
+            if o.status_code is not None and o.status_code >= 400:
+                errors[o.status_code] = errors.get(o.status_code, 0) + 1
+        if errors:
+            text += ", " + ", ".join(f"{n} with HTTP {code}" for code, n in sorted(errors.items()))
+        unsent = len(self.endpoints) - len(sent)
+        if unsent:
+            text += f"; {unsent} not sent"
+        return text
+
+    def _not_sent(self) -> None:
+        unsent = [o for o in self.endpoints.values() if not o.sent]
+        if unsent:
+            reasons = "; ".join(dict.fromkeys(o.error or "" for o in unsent))
+            self.b.info(
+                f"Not sent, to do no harm: {', '.join(o.label for o in unsent)} ({reasons})",
+                [o.label for o in unsent],
+            )
+
+    def _stalls(self) -> None:
+        """A slow or silent answer to one of our MLflow-touching requests is the service's
+        event loop blocking on what that request touches: degraded, attributed to what the
+        evidence points to, never an outage on its own."""
+        by_cause: dict[str, list[str]] = {}
+        evidence: dict[str, list[str]] = {}
+        labels: dict[str, list[str]] = {}
+        seen = list(self.log.touching)
+        labels_seen = {o.label for o in seen}
+        seen += [
+            o for k, o in self.endpoints.items() if touches_mlflow(k) and o.label not in labels_seen
+        ]
+        for obs in seen:
+            if not obs.sent or not stalled(obs, self.blocking_s):
+                continue
+            took = (
+                f"{obs.label} got no answer in {seconds(obs.elapsed_ms)}"
+                if not obs.answered
+                else f"{obs.label} took {seconds(obs.elapsed_ms)}"
+            )
+            causes = stall_causes(obs, self.log) or [("", "")]
+            key = " and ".join(component for component, _ in causes)
+            by_cause.setdefault(key, []).append(took)
+            labels.setdefault(key, []).append(obs.label)
+            for _, text in causes:
+                if text and text not in evidence.setdefault(key, []):
+                    evidence[key].append(text)
+        for cause, stalls in by_cause.items():
+            why = f" ({'; '.join(evidence[cause])})" if evidence.get(cause) else ""
+            if cause:
+                message = (
+                    f"The API's event loop blocks on {cause} calls: {', '.join(stalls)}{why}. "
+                    "While such a request runs, the deployed version answers nothing else, "
+                    "/live included"
+                )
+            else:
+                message = (
+                    f"The API held our requests: {', '.join(stalls)}; nothing seen points to a "
+                    "cause (MLflow and the database look healthy)"
+                )
+            self.b.warning(
+                message, _STALL_RECOMMENDATIONS.get(cause, _STALL_UNKNOWN), labels[cause]
+            )
 
     def _transport_failures(self) -> None:
         resets = [o.label for o in self.endpoints.values() if o.error_kind == ErrorKind.RESET]
@@ -187,23 +282,25 @@ class _EndpointJudge:
                 "balancer's keep-alive handling",
                 resets,
             )
-        if self.endpoints and not any(o.answered for o in self.endpoints.values()):
+        light = [o for k, o in self.endpoints.items() if not touches_mlflow(k)]
+        if light and not any(o.answered for o in light):
             self.b.warning(
                 "No health endpoint answered",
                 "See api_connectivity: the API itself is probably unreachable",
-                [o.label for o in self.endpoints.values()],
+                [o.label for o in light],
                 CheckStatus.ERROR,
             )
             return
         for key, obs in self.endpoints.items():
-            if obs.answered or obs.error_kind == ErrorKind.RESET:
+            if obs.answered or obs.error_kind == ErrorKind.RESET or not obs.sent:
                 continue
             if key in (HEALTH_MLFLOW, METRICS):
                 continue  # judged by circuit_breaker and service_metrics
+            if touches_mlflow(key) and stalled(obs, self.blocking_s):
+                continue  # our own request held the replica: see _stalls
             self.b.warning(
                 f"{obs.label} failed ({obs.failure_text()})",
-                "Check the service logs for this endpoint; a timeout often means the API's "
-                "event loop is blocked by a slow MLflow call",
+                "Check the service logs for this endpoint",
                 [obs.label],
             )
 
@@ -334,9 +431,9 @@ class _EndpointJudge:
             self.b.warning(f"{obs.label} says alive: false", "Check the service logs", [obs.label])
         if obs.elapsed_ms is not None and obs.elapsed_ms > self.slow_s * 1000:
             self.b.warning(
-                f"{obs.label} took {seconds(obs.elapsed_ms)}: the API's event loop is blocked "
-                "(in the deployed version, by a slow MLflow call)",
-                "Check MLflow latency; restore MLflow or let the breaker open",
+                f"{obs.label} took {seconds(obs.elapsed_ms)}: the API is slow to answer even "
+                "its liveness endpoint (read before any request of ours that touches MLflow)",
+                "Check CPU and memory of the ECS tasks, and the service's other traffic",
                 [obs.label],
             )
 
@@ -378,13 +475,32 @@ class _EndpointJudge:
         elif self.degraded:
             self.b.warning(
                 "Service runs in degraded mode: " + "; ".join(self.degraded_detail),
-                "See circuit_breaker, mlflow_service and redis for the failing dependency",
+                self._degraded_recommendation(),
                 self.degraded,
             )
 
+    def _degraded_recommendation(self) -> str:
+        """Name only the checks that cover what the answers say is failing."""
+        text = " ".join(self.degraded_detail).lower()
+        named = [
+            checks
+            for words, checks in (
+                (("mlflow", "circuit"), "circuit_breaker and mlflow_service"),
+                (("redis", "cache"), "redis"),
+                (("postgres", "database"), "database"),
+            )
+            if any(word in text for word in words)
+        ]
+        if not named:
+            return "Inspect the failing non-critical checks and the service logs"
+        return f"See {'; '.join(named)} for the failing dependency"
+
 
 def assess_health_endpoints(
-    endpoints: dict[str, HttpObservation], slow_s: float = 5.0
+    endpoints: dict[str, HttpObservation],
+    slow_s: float = 5.0,
+    log: RequestLog | None = None,
+    blocking_s: float = 1.0,
 ) -> CheckResult:
     """Judge the service from its health endpoints, keyed as in ENDPOINTS ("/ready", ...).
 
@@ -394,4 +510,4 @@ def assess_health_endpoints(
     endpoint's 500 is not that endpoint's fault). /health/mlflow and /metrics are recorded
     here and judged by assess_circuit_breaker and assess_metrics.
     """
-    return _EndpointJudge(endpoints, slow_s).run()
+    return _EndpointJudge(endpoints, slow_s, log, blocking_s).run()

@@ -34,15 +34,48 @@ def _ready_signal(ready: HttpObservation | None) -> tuple[BreakerState | None, s
 
 
 def _metrics_signal(metrics: HttpObservation | None) -> tuple[BreakerState | None, str]:
-    """OPEN or HALF_OPEN from /metrics. CLOSED is never inferred: the series may come from
+    """OPEN or HALF_OPEN from /metrics, the number read with the mapping its HELP text
+    documents (else the contract's). CLOSED is never inferred: the series may come from
     another replica than the unreadable one."""
     if metrics is None or metrics.status_code != 200:
         return None, ""
     view = parse_metrics(metrics.body_text)
     if view.breaker_state in (BreakerState.OPEN, BreakerState.HALF_OPEN):
         state = BreakerState(view.breaker_state)
-        return state, f"{metrics.label} (mlflow_circuit_breaker_state = {state})"
+        value = view.breaker_state_value
+        shown = f"{value:g} = {state}" if value is not None else str(state)
+        mapping = "by its HELP text" if view.breaker_state_mapping else "by the contract's mapping"
+        return state, f"{metrics.label} (mlflow_circuit_breaker_state {shown} {mapping})"
     return None, ""
+
+
+def _signal(
+    ready: HttpObservation | None, metrics: HttpObservation | None
+) -> tuple[BreakerState | None, str, bool, str | None]:
+    """The service-wide breaker signal: (state, source, explicit, conflict).
+
+    An explicit statement (/ready's "Circuit breaker open") outranks a number read from
+    /metrics, which outranks /ready's degraded mode alone; where the explicit statement
+    and the number disagree, the conflict is said.
+    """
+    ready_state, ready_source, ready_explicit = _ready_signal(ready)
+    metrics_state, metrics_source = _metrics_signal(metrics)
+    conflict = None
+    if ready_explicit and metrics_state is not None and metrics_state != ready_state:
+        conflict = (
+            f"Conflicting evidence about the MLflow circuit breaker: {ready_source} says "
+            f"{ready_state}, {metrics_source} says {metrics_state}; taking {ready_state} from "
+            "the explicit statement"
+        )
+    if ready_explicit:
+        return ready_state, ready_source, True, conflict
+    if metrics_state is not None:
+        return metrics_state, metrics_source, True, conflict
+    return ready_state, ready_source, False, conflict
+
+
+def _label(obs: HttpObservation | None) -> str | None:
+    return obs.label if obs is not None and obs.answered else None
 
 
 class _Replica:
@@ -105,11 +138,9 @@ def assess_circuit_breaker(
     check or from /metrics, and the evidence says so. OPEN is degraded, never critical.
     """
     b = ResultBuilder(CheckName.CIRCUIT_BREAKER)
-    ready_state, ready_source, ready_explicit = _ready_signal(ready)
-    metrics_state, metrics_source = _metrics_signal(metrics)
-    signal_state = metrics_state or ready_state
-    signal_source = metrics_source or ready_source
-    explicit = metrics_state is not None or ready_explicit
+    signal_state, signal_source, explicit, conflict = _signal(ready, metrics)
+    if conflict is not None:
+        b.info(conflict, [label for label in (_label(ready), _label(metrics)) if label])
     if not replicas and signal_state is None:
         return CheckResult.skipped(b.name, "no /health/mlflow answer to read")
 

@@ -484,7 +484,7 @@ CASES: list[Case] = [
     ),
     (
         "metrics of the deployed version",
-        lambda: c.judge_metrics(b.legacy_metrics(state=1)),
+        lambda: c.judge_metrics(b.legacy_metrics(state="OPEN")),
         False,
         [
             "`http_requests_total` missing",
@@ -524,7 +524,7 @@ CASES: list[Case] = [
             b.legacy_health(),
             b.legacy_ready(breaker_open=True),
             b.legacy_mlflow_unknown(),
-            b.legacy_metrics(state=1),
+            b.legacy_metrics(state="OPEN"),
         ),
         False,
         ["GET /health status: expected 'degraded' because the breaker is OPEN (GET /metrics)"],

@@ -264,12 +264,18 @@ def legacy_live() -> HttpObservation:
     return http("/live", 200, {"alive": True, "uptime": 1234.5, "memory_usage_mb": 210.3})
 
 
-def legacy_metrics_text(state: int = 0) -> str:
+# The deployed version's own encoding, as its HELP text documents it.
+LEGACY_STATE_VALUES = {"CLOSED": 0, "HALF_OPEN": 1, "OPEN": 2}
+
+
+def legacy_metrics_text(state: str = "CLOSED") -> str:
     return (
         "# TYPE process_resident_memory_bytes gauge\n"
         "process_resident_memory_bytes 2.1e+08\n"
+        "# HELP mlflow_circuit_breaker_state MLflow circuit breaker state "
+        "(0=CLOSED, 1=HALF_OPEN, 2=OPEN)\n"
         "# TYPE mlflow_circuit_breaker_state gauge\n"
-        f"mlflow_circuit_breaker_state {state}.0\n"
+        f"mlflow_circuit_breaker_state {LEGACY_STATE_VALUES[state]}.0\n"
         "# TYPE mlflow_circuit_breaker_failures_total counter\n"
         "mlflow_circuit_breaker_failures_total 7.0\n"
         "# TYPE mlflow_connection_status gauge\n"
@@ -287,7 +293,7 @@ def legacy_metrics_text(state: int = 0) -> str:
     )
 
 
-def legacy_metrics(state: int = 0) -> HttpObservation:
+def legacy_metrics(state: str = "CLOSED") -> HttpObservation:
     return http("/metrics", 200, text=legacy_metrics_text(state), content_type="text/plain")
 
 

@@ -259,7 +259,9 @@ def test_metrics_contract() -> None:
 
 
 def test_metrics_legacy_names() -> None:
-    view = parse_metrics(b.legacy_metrics_text(state=2))
+    # 1 is HALF_OPEN by the deployed version's HELP text (the contract's mapping says OPEN).
+    view = parse_metrics(b.legacy_metrics_text(state="HALF_OPEN"))
+    assert view.breaker_state_value == 1.0
     assert view.breaker_state == BreakerState.HALF_OPEN
     assert view.breaker_failures == 7.0
     assert view.connection_status == 0.0

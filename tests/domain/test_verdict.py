@@ -206,7 +206,7 @@ def legacy_open(w: World) -> None:
         "/health/mlflow": b.legacy_mlflow_unknown(),
         "/health?detailed=true": b.legacy_500("/health?detailed=true"),
         "/health/status": b.legacy_500("/health/status"),
-        "/metrics": b.legacy_metrics(state=1),
+        "/metrics": b.legacy_metrics(state="OPEN"),
     }
     w.replicas = {"10.0.1.5:8000": b.legacy_mlflow_unknown("10.0.1.5:8000")}
     w.postgres = None
