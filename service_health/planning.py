@@ -179,6 +179,13 @@ def _read_groups(report: DiagnosticReport) -> dict[str, _Group]:
     return groups
 
 
+def _read_mlflow_groups(report: DiagnosticReport) -> list[str]:
+    """The target groups the diagnosis found serving MLflow (derived from ECS)."""
+    check = _check(report, CheckName.ALB)
+    raw = check.details.get("mlflow_target_groups") if check is not None else None
+    return [str(g) for g in raw] if isinstance(raw, list) else []
+
+
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -225,6 +232,7 @@ class _Planner:
         self.registry_services = [s for s in target.ecs_services if s != self.mlflow_service]
         self.services, self.ecs_unknown = _read_services(report)
         self.groups = _read_groups(report)
+        self.mlflow_groups = list(target.mlflow_target_groups) or _read_mlflow_groups(report)
         self.breaker = _read_breaker(report)
         self.db_down: list[tuple[str, str | None]] = []
 
@@ -311,9 +319,9 @@ class _Planner:
         owner = self.history.service_of_group(group)
         if owner:
             return owner
-        if group in self.target.mlflow_target_groups and self.mlflow_service:
+        if group in self.mlflow_groups and self.mlflow_service:
             return self.mlflow_service
-        if len(self.registry_services) == 1 and group not in self.target.mlflow_target_groups:
+        if len(self.registry_services) == 1 and group not in self.mlflow_groups:
             return self.registry_services[0]
         return None
 
@@ -422,7 +430,7 @@ class _Planner:
         svc = (self.services or {}).get(self.mlflow_service or "")
         if svc is not None and svc.running == 0:
             return "unreachable", f"ECS service {svc.name} has no running task"
-        for group in self.target.mlflow_target_groups:
+        for group in self.mlflow_groups:
             g = self.groups.get(group)
             if g is not None and g.error is None and g.healthy == 0:
                 return "unreachable", f"target group {group} has no healthy target"

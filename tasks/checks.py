@@ -13,7 +13,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec
 
 import httpx
-from botocore.exceptions import ConnectionError as BotoConnectionError
 from prefect import Task, task
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
@@ -24,13 +23,14 @@ from service_health.models import CheckResult
 from tasks.datastores import probe_redis
 from tasks.evidence import Evidence, dicts
 
-TRANSIENT = (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError)
-
 
 def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    # botocore is imported here, not at module level: a run without AWS never loads it.
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     try:
         state.result()
-    except TRANSIENT:
+    except (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError):
         return True
     except Exception:
         return False

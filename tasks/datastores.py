@@ -10,10 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import psycopg
-import redis
-from redis.exceptions import RedisError
-
 from service_health.observations import PostgresObservation, RedisObservation
 from service_health.redaction import Redactor
 
@@ -28,6 +24,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _postgres(url: str, timeout_s: float, redactor: Redactor) -> PostgresObservation:
+    import psycopg  # imported where used: a command line that never probes skips it
+
     started = time.perf_counter()
     try:
         conn = psycopg.connect(url, connect_timeout=max(1, round(timeout_s)), autocommit=True)
@@ -53,6 +51,9 @@ def _postgres(url: str, timeout_s: float, redactor: Redactor) -> PostgresObserva
 
 
 def _redis(url: str, timeout_s: float, redactor: Redactor) -> RedisObservation:
+    import redis
+    from redis.exceptions import RedisError
+
     client = redis.Redis.from_url(
         url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, retry_on_timeout=False
     )

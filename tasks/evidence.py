@@ -37,7 +37,6 @@ from service_health.observations import (
 )
 from service_health.redaction import Redactor
 from service_health.settings import Target
-from tasks import aws
 from tasks.datastores import probe_postgres
 from tasks.http import fetch, fetch_with_retries, tls_context
 
@@ -446,6 +445,8 @@ class Evidence:
     # -- AWS ---------------------------------------------------------------------------------
 
     def _client(self, service: str) -> Any:
+        from tasks import aws  # boto3 costs a third of a second: only for runs that use it
+
         if service not in self._clients:
             if "session" not in self._clients:
                 self._clients["session"] = aws.make_session(
@@ -475,6 +476,8 @@ class Evidence:
                     error_code=type(exc).__name__ if botocore_error else "ClientSetupError",
                     error_message=" ".join(f"{type(exc).__name__}: {exc}".split())[:300],
                 )
+            from tasks import aws
+
             return await aws.call(client, service, operation, **params)
 
         return self._once(key, go)

@@ -79,6 +79,8 @@ def assess_alb(
         summary_parts.append(f"{group} {healthy}/{total} healthy")
         _group_findings(b, group, obs, view.targets, group in non_critical_groups)
     b.details["target_groups"] = groups
+    # Which groups serve MLflow (configured, or derived from ECS): the planner reads it.
+    b.details["mlflow_target_groups"] = sorted(non_critical_groups)
     return b.build(", ".join(summary_parts) or "load balancer checked")
 
 
