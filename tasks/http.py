@@ -79,8 +79,14 @@ async def fetch(
 
     try:
         async with asyncio.timeout(timeout_s):
+            # The client's own timeouts (httpx's default: 5 s) must not cut a longer budget.
             async with client.stream(
-                method, url, headers=headers, json=json_body, follow_redirects=False
+                method,
+                url,
+                headers=headers,
+                json=json_body,
+                follow_redirects=False,
+                timeout=httpx.Timeout(timeout_s),
             ) as resp:
                 body = bytearray()
                 truncated = False

@@ -135,3 +135,33 @@ def test_a_trickling_body_is_cut_at_the_timeout(chunk_delay: float) -> None:
     obs = asyncio.run(go())
     assert time.monotonic() - started < 3
     assert obs.error_kind is ErrorKind.TIMEOUT
+
+
+def test_a_timeout_longer_than_httpx_default_is_honoured() -> None:
+    """An answer after 5.5 s arrives when the caller allows 10 s: httpx's own 5 s default
+    read timeout must not cut it short (an MLflow-touching request of the deployed version
+    takes about 10 s, and cut short it would go on holding the replica)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(5.5)  # the server's behaviour under test, not a wait in the test
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        obs = get(f"http://127.0.0.1:{server.server_port}/ready", timeout_s=10.0)
+    finally:
+        server.shutdown()
+    assert obs.status_code == 200, obs.failure_text()
+    assert obs.elapsed_ms is not None and obs.elapsed_ms >= 5500
