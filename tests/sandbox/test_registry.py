@@ -501,6 +501,10 @@ def test_admin_request_counting(make_registry: Callable[..., Registry]) -> None:
         "POST /health/mlflow/reset": 1,
         "GET /no-such-path": 1,
     }
+    stats = reg.get("/__sandbox/requests", headers=ADMIN).json()
+    # Each /health calls MLflow through the breaker once, one after the other.
+    assert stats["mlflow_checks"] == 3 and stats["mlflow_refused"] == 0
+    assert (stats["max_mlflow_in_flight"], stats["mlflow_in_flight"]) == (1, 0)
     reg.fault("wedged")
     reg.get("/ready")  # faulted requests were still received, so they count
     reg.fault()
