@@ -69,8 +69,11 @@ LEGACY_STATE_CODES: dict[BreakerState, int] = {
 }
 STATE_HELP = "MLflow circuit breaker state (0=CLOSED, 1=HALF_OPEN, 2=OPEN)"
 
-# Endpoints that call MLflow (all but /api/health/mlflow through the breaker).
-_MLFLOW_PATHS = frozenset({"/health/mlflow", "/ready", "/health/status", "/metrics"})
+# Endpoints that call MLflow (all but /api/health/mlflow through the breaker); /health too
+# when detailed.
+_MLFLOW_PATHS = frozenset(
+    {"/health/mlflow", "/ready", "/health/status", "/metrics", "/api/health/mlflow"}
+)
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})  # what FastAPI reads as True
 
 
@@ -79,7 +82,7 @@ def touches_mlflow(scope: Scope) -> bool:
     if scope["method"] != "GET":
         return False
     path = scope["path"]
-    if path in _MLFLOW_PATHS or path == "/api/health/mlflow":
+    if path in _MLFLOW_PATHS:
         return True
     if path == "/health":
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
