@@ -267,6 +267,15 @@ class CircuitBreaker:
             self._stuck = True
             self._transition(BreakerState.OPEN)
 
+    def force_state(self, state: BreakerState) -> None:
+        """Jump to `state` as if reached normally (fault injection, tests): OPEN starts a
+        fresh recovery timeout with automatic retries, HALF_OPEN admits trial calls."""
+        with self._lock:
+            if state is BreakerState.OPEN:
+                self._failure_count = max(self._failure_count, self.config.failure_threshold)
+            self._stuck = False
+            self._transition(state)
+
     # -- helper for async callers ----------------------------------------------------------
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:

@@ -1,4 +1,4 @@
-"""`python -m sandbox`: up, fault, heal, status, demo."""
+"""`python -m sandbox`: up, fault, heal, status, requests, breaker, demo."""
 
 from __future__ import annotations
 
@@ -46,6 +46,19 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="faults, services, replicas")
     control(status)
+
+    requests = sub.add_parser(
+        "requests",
+        help="per registry replica: requests received, MLflow-touching requests in flight "
+        "at most, MLflow calls admitted and refused by the breaker",
+    )
+    requests.add_argument("--reset", action="store_true", help="then reset every counter")
+    control(requests)
+
+    breaker = sub.add_parser("breaker", help="put the registry breakers in a state directly")
+    breaker.add_argument("state", choices=["CLOSED", "OPEN", "HALF_OPEN"])
+    breaker.add_argument("--replica", type=int, help="one registry replica only (0-based)")
+    control(breaker)
 
     demo = sub.add_parser(
         "demo",
@@ -128,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             result = client.fault(args.name, args.replica, args.all, args.ms, args.component)
         elif args.command == "heal":
             result = {"healed": client.heal(args.name)}
+        elif args.command == "requests":
+            result = {"replicas": client.request_stats()}
+            if args.reset:
+                client.reset_request_counts()
+        elif args.command == "breaker":
+            result = {"replicas": client.force_breaker(args.state, args.replica)}
         else:
             result = client.status()
     except ValueError as exc:

@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from sandbox import statefiles
+
+if TYPE_CHECKING:
+    from sandbox.registry.admin import RequestStats
 
 
 class SandboxClient:
@@ -66,11 +69,39 @@ class SandboxClient:
         )
 
     def request_counts(self) -> dict[str, dict[str, int]]:
+        """Per registry replica (address): requests received, by `METHOD /path[?query]`."""
         result: dict[str, dict[str, int]] = self._call("GET", "/requests")["replicas"]
         return result
 
+    def request_stats(self) -> dict[str, RequestStats]:
+        """Per registry replica (address): `counts` (as request_counts), `mlflow_in_flight`
+        (MLflow-touching requests in flight now), `max_mlflow_in_flight` (the most at once
+        since the last reset), `mlflow_checks` (MLflow calls the breaker admitted: each
+        reached MLflow and counted toward opening it) and `mlflow_refused` (calls it
+        refused without touching MLflow). The load balancer's health checks are excluded."""
+        result: dict[str, RequestStats] = self._call("GET", "/requests")["stats"]
+        return result
+
+    def max_mlflow_in_flight(self) -> dict[str, int]:
+        """Per replica: the most MLflow-touching requests in flight at once since the reset."""
+        return {a: s["max_mlflow_in_flight"] for a, s in self.request_stats().items()}
+
+    def mlflow_checks(self) -> dict[str, int]:
+        """Per replica: MLflow calls its breaker admitted (and counted) since the reset."""
+        return {a: s["mlflow_checks"] for a, s in self.request_stats().items()}
+
     def reset_request_counts(self) -> None:
+        """Reset every counter of request_stats on every replica."""
         self._call("POST", "/requests/reset")
+
+    def force_breaker(self, state: str, replica: int | None = None) -> list[str]:
+        """Put every replica's breaker (or replica N's) in `state`: CLOSED, OPEN (with
+        automatic retries, unlike the breaker-stuck-open fault) or HALF_OPEN. Returns the
+        replicas' addresses."""
+        result: list[str] = self._call("POST", f"/breaker/{state}", {"replica": replica})[
+            "replicas"
+        ]
+        return result
 
     def close(self) -> None:
         self._http.close()

@@ -50,7 +50,16 @@ def create_control_app(sandbox: Sandbox, info: dict[str, Any]) -> FastAPI:
 
     @app.get("/requests")
     async def requests() -> dict[str, Any]:
-        return {"replicas": await sandbox.request_counts()}
+        stats = await sandbox.request_stats()
+        # "replicas" keeps its first shape (counts by request); "stats" has everything.
+        return {"replicas": {a: s["counts"] for a, s in stats.items()}, "stats": stats}
+
+    @app.post("/breaker/{state}")
+    async def force_breaker(state: str, req: FaultRequest) -> dict[str, Any]:
+        try:
+            return {"replicas": await sandbox.force_breaker(state, replica=req.replica)}
+        except FaultError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
 
     @app.post("/requests/reset")
     async def reset_requests() -> dict[str, str]:

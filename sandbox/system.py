@@ -39,6 +39,9 @@ log = logging.getLogger("sandbox")
 REGISTRY = "hokusai-registry"
 MLFLOW = "hokusai-mlflow"
 MLFLOW_SLOW_MS = 3000  # longer than the registry's MLflow client timeout (2 s)
+# A legacy replica answers its admin routes only once its blocked event loop is free again;
+# wait that long (within the control client's 30 s) rather than drop its figures.
+ACCOUNTING_TIMEOUT_S = 25.0
 AWS_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -375,6 +378,7 @@ class Sandbox:
         path: str,
         body: dict[str, Any] | None = None,
         missing_ok: bool = False,
+        read_timeout: float | None = None,
     ) -> Any:
         try:
             resp = await self._http.request(
@@ -382,6 +386,7 @@ class Sandbox:
                 f"http://{address}/__sandbox{path}",
                 json=body,
                 headers={"X-Sandbox-Token": self.admin_token},
+                timeout=read_timeout if read_timeout is not None else self._http.timeout,
             )
         except httpx.HTTPError:
             if missing_ok:  # the replica was replaced meanwhile: nothing left to heal
@@ -397,15 +402,45 @@ class Sandbox:
                 headers={"Authorization": f"Bearer {self.api_key}"},
             )
 
-    async def request_counts(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
+    async def request_stats(self) -> dict[str, dict[str, Any]]:
+        """Per live registry replica (by address): its request accounting (RequestStats in
+        sandbox/registry/admin.py: counts, MLflow-touching requests in flight and their
+        maximum, MLflow calls the breaker admitted and refused)."""
+        stats: dict[str, dict[str, Any]] = {}
         for r in self.ecs.replicas(REGISTRY):
             if r.alive:
-                data = await self._admin(r.address, "GET", "/requests", missing_ok=True)
-                counts[r.address] = (data or {}).get("counts", {})
-        return counts
+                data = await self._admin(
+                    r.address,
+                    "GET",
+                    "/requests",
+                    missing_ok=True,
+                    read_timeout=ACCOUNTING_TIMEOUT_S,
+                )
+                if data is not None:
+                    stats[r.address] = data
+        return stats
+
+    async def request_counts(self) -> dict[str, dict[str, int]]:
+        return {address: s["counts"] for address, s in (await self.request_stats()).items()}
 
     async def reset_request_counts(self) -> None:
+        """Resets every counter of request_stats (counts, maximum in flight, MLflow calls)."""
         for r in self.ecs.replicas(REGISTRY):
             if r.alive:
-                await self._admin(r.address, "POST", "/requests/reset", missing_ok=True)
+                await self._admin(
+                    r.address,
+                    "POST",
+                    "/requests/reset",
+                    missing_ok=True,
+                    read_timeout=ACCOUNTING_TIMEOUT_S,
+                )
+
+    async def force_breaker(self, state: str, replica: int | None = None) -> list[str]:
+        """Put the breaker of every live replica (or of replica N) in `state` directly:
+        OPEN (with automatic retries), HALF_OPEN or CLOSED. A test control, not a fault."""
+        if state not in ("CLOSED", "OPEN", "HALF_OPEN"):
+            raise FaultError("breaker state must be CLOSED, OPEN or HALF_OPEN")
+        targets = self._registry_replicas(replica)
+        for r in targets:
+            await self._admin(r.address, "POST", "/breaker/state", {"state": state})
+        return [r.address for r in targets]

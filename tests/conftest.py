@@ -67,13 +67,26 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess
         yield proc
 
 
+# The legacy flavour with the deployed breaker (threshold 5, recovery timeout 60 s,
+# 5 recovery attempts) and the deployed retry shape (2 attempts x 3 HTTP retries, urllib3
+# backoff; 3 database tries), its sleeps scaled down so that the suite stays fast: a
+# refused MLflow check costs 2 x (0.3 + 0.6) = 1.8 s instead of about 10 s, a timed-out one
+# adds 8 x 0.25 s, a failing database check 0.3 + 0.6 = 0.9 s instead of 3 s.
+LEGACY_TEST_ENV = {
+    "LEGACY_MLFLOW_ATTEMPTS": "2",
+    "LEGACY_MLFLOW_HTTP_RETRIES": "3",
+    "LEGACY_MLFLOW_BACKOFF_FACTOR": "0.15",
+    "MLFLOW_TIMEOUT_SECONDS": "0.25",
+    "LEGACY_DB_ATTEMPTS": "3",
+    "LEGACY_DB_RETRY_DELAY_SECONDS": "0.3",
+}
+
+
 @pytest.fixture(scope="session")
 def legacy_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
     _require_binaries()
     proc = SandboxProcess(
-        tmp_path_factory.mktemp("legacy-sandbox"),
-        flavor="legacy",
-        env={"MLFLOW_CB_RECOVERY_TIMEOUT": "2", "MLFLOW_CB_FAILURE_THRESHOLD": "3"},
+        tmp_path_factory.mktemp("legacy-sandbox"), flavor="legacy", env=LEGACY_TEST_ENV
     )
     with proc:
         yield proc

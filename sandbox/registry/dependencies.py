@@ -171,3 +171,60 @@ async def check_mlflow(
             error_type=type(exc).__name__,
         )
     return MlflowCheck(True, latency_ms=_elapsed_ms(start))
+
+
+# -- the deployed version's blocking clients (legacy flavour only) --------------------------
+
+# urllib3's status_forcelist as the MLflow client sets it: these answers are retried too.
+LEGACY_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def probe_mlflow_retrying(
+    client: httpx.Client,
+    tracking_uri: str,
+    retry_sleeps: list[float],
+) -> None:
+    """One application-level attempt of the deployed MLflow client: the request plus one
+    retry per entry of `retry_sleeps` (slept first), on a refused connection, a timeout or
+    a retryable status. Blocks the calling thread throughout; raises the last error."""
+    last: Exception | None = None
+    for sleep in [None, *retry_sleeps]:
+        if sleep:
+            time.sleep(sleep)
+        try:
+            response = client.post(mlflow_search_url(tracking_uri), json=MLFLOW_SEARCH_BODY)
+        except httpx.TransportError as exc:  # refused, reset, timed out
+            last = exc
+            continue
+        if response.status_code in LEGACY_RETRY_STATUSES:
+            last = MlflowHttpError(f"MLflow answered HTTP {response.status_code}")
+            continue
+        _check_response(response)
+        return
+    assert last is not None
+    raise last
+
+
+def check_postgres_blocking(url: str, time_limit: float, retry_sleeps: list[float]) -> CheckResult:
+    """The deployed database check: synchronous connect and SELECT 1, retried after each
+    sleep of `retry_sleeps`; the sleeps and the connections block the calling thread."""
+    start = time.perf_counter()
+    if not url:
+        return CheckResult(False, 0.0, "DATABASE_URL is not configured", "ConfigurationError")
+    error: BaseException | None = None
+    for sleep in [None, *retry_sleeps]:
+        if sleep:
+            time.sleep(sleep)
+        try:
+            with psycopg.connect(
+                url, connect_timeout=max(2, int(time_limit)), autocommit=True
+            ) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as exc:
+            error = exc
+            continue
+        return CheckResult(True, _elapsed_ms(start))
+    assert error is not None
+    return CheckResult(
+        False, _elapsed_ms(start), describe_error(error, time_limit), type(error).__name__
+    )

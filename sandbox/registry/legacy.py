@@ -11,35 +11,47 @@ the flows can be shown to reach the right verdict against it:
 - ``/health/mlflow`` reports the breaker as read *before* its own call, ``time_until_retry``
   0 while CLOSED, 200 even when MLflow is down, and 500 with state ``UNKNOWN`` whenever the
   state it read was OPEN (the deployed code could not serialise its datetime then).
-- MLflow is called with a synchronous client inside async handlers, so a slow MLflow blocks
-  the whole event loop for the client timeout (10 s by default).
-- ``/api/health/mlflow`` probes MLflow without the breaker; ``/metrics`` has the legacy
+- MLflow is called with a synchronous, retrying client inside async handlers: a failing
+  check (refused, timed out or 5xx) costs two application-level attempts with urllib3-style
+  retries and backoff, about 10 s (``LegacyRetryBudget``), during which the whole event
+  loop, ``/live`` included, is blocked; concurrent requests queue behind each other. A call
+  the breaker refuses is instant. ``/health/mlflow`` and ``/health?detailed=true`` make one
+  check, ``/ready`` and ``/health/status`` two, ``/metrics`` one per scrape, each counted
+  by the breaker (threshold 5, recovery timeout 60 s, 5 recovery attempts).
+- The database check is synchronous too, retried with blocking sleeps (1 s, 2 s).
+- ``/metrics``: the state gauge's HELP text gives its mapping (0=CLOSED, 1=HALF_OPEN,
+  2=OPEN), not the contract's; ``mlflow_info_info``'s error label carries the breaker's
+  message, whose ``retry in Ns`` changes every second while OPEN.
+- ``/api/health/mlflow`` probes MLflow once without the breaker; ``/metrics`` has the legacy
   series after the process metrics; reset needs no credentials; timestamps are naive;
   ``/live`` answers ``alive``, ``uptime``, ``memory_usage_mb``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, Info, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.types import Scope
 
-from sandbox.breaker import STATE_CODES, BreakerState
+from sandbox.breaker import BreakerState, CircuitOpenError
 from sandbox.registry.contract import register_process_metrics
 from sandbox.registry.dependencies import (
     MlflowCheck,
-    check_postgres,
+    check_postgres_blocking,
     check_redis,
     describe_error,
     probe_mlflow_blocking,
+    probe_mlflow_retrying,
     redact_url,
+    refused_message,
 )
 from sandbox.registry.runtime import Runtime, naive_now, process_memory_mb, system_info
 
@@ -48,6 +60,34 @@ logger = logging.getLogger(__name__)
 BREAKER_OPEN_ERROR = "Circuit breaker open - MLflow temporarily unavailable"
 # What the deployed /health/mlflow said when it failed to serialise an OPEN status.
 SERIALISATION_ERROR = "Object of type datetime is not JSON serializable"
+
+# The deployed gauge's own mapping, stated in its HELP text (the contract's differs).
+LEGACY_STATE_CODES: dict[BreakerState, int] = {
+    BreakerState.CLOSED: 0,
+    BreakerState.HALF_OPEN: 1,
+    BreakerState.OPEN: 2,
+}
+STATE_HELP = "MLflow circuit breaker state (0=CLOSED, 1=HALF_OPEN, 2=OPEN)"
+
+# Endpoints that call MLflow (all but /api/health/mlflow through the breaker); /health too
+# when detailed.
+_MLFLOW_PATHS = frozenset(
+    {"/health/mlflow", "/ready", "/health/status", "/metrics", "/api/health/mlflow"}
+)
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})  # what FastAPI reads as True
+
+
+def touches_mlflow(scope: Scope) -> bool:
+    """Whether a request calls MLflow in this flavour (for the sandbox's accounting)."""
+    if scope["method"] != "GET":
+        return False
+    path = scope["path"]
+    if path in _MLFLOW_PATHS:
+        return True
+    if path == "/health":
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        return any(v.lower() in _TRUE for v in query.get("detailed", [])[-1:])
+    return False
 
 
 class _DetailedHealthModel(BaseModel):
@@ -88,7 +128,7 @@ def _dropping_500(content: str | dict[str, Any]) -> Response:
 
 
 class LegacyMlflow:
-    """The deployed MLflow check: blocking, through the breaker, with its metrics."""
+    """The deployed MLflow check: blocking, retrying, through the breaker, with its metrics."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -96,11 +136,9 @@ class LegacyMlflow:
         self.consecutive_successes = 0
         registry = runtime.metrics
         breaker = runtime.breaker
-        Gauge(
-            "mlflow_circuit_breaker_state",
-            "MLflow circuit breaker state (0 CLOSED, 1 OPEN, 2 HALF_OPEN)",
-            registry=registry,
-        ).set_function(lambda: STATE_CODES[breaker.state])
+        Gauge("mlflow_circuit_breaker_state", STATE_HELP, registry=registry).set_function(
+            lambda: LEGACY_STATE_CODES[breaker.state]
+        )
         self.breaker_failures = Counter(
             "mlflow_circuit_breaker_failures", "MLflow failures recorded", registry=registry
         )
@@ -119,36 +157,68 @@ class LegacyMlflow:
         self.info = Info("mlflow_info", "MLflow connection information", registry=registry)
         self.info.info({"status": "unknown", "error": ""})
 
-    def probe(self) -> MlflowCheck:
-        """Call MLflow without the breaker; blocks the calling thread (the event loop)."""
-        config = self.runtime.config
-        self.attempts.inc()
-        start = time.perf_counter()
-        try:
-            probe_mlflow_blocking(self.runtime.blocking_client(), config.mlflow_tracking_uri)
-        except Exception as exc:
-            elapsed = time.perf_counter() - start
-            error = describe_error(exc, config.mlflow_timeout)
+    def _observe(self, start: float, exc: Exception | None) -> MlflowCheck:
+        elapsed = time.perf_counter() - start
+        if exc is not None:
+            error = describe_error(exc, self.runtime.config.mlflow_timeout)
             self.failures.inc()
             self.connection_status.set(0)
             self.info.info({"status": "error", "error": error})
             return MlflowCheck(
                 False, latency_ms=elapsed * 1000, error=error, error_type=type(exc).__name__
             )
-        elapsed = time.perf_counter() - start
         self.response_time.observe(elapsed)
         self.connection_status.set(1)
         self.info.info({"status": "connected", "error": ""})
         return MlflowCheck(True, latency_ms=elapsed * 1000)
 
-    def check(self) -> MlflowCheck:
-        """One MLflow call through the breaker (blocking); refused calls do not touch MLflow."""
+    async def probe(self) -> MlflowCheck:
+        """One request to MLflow, without the breaker or retries; blocks the event loop."""
+        await self.runtime.controls.wait_quiet()
+        self.attempts.inc()
+        start = time.perf_counter()
+        try:
+            probe_mlflow_blocking(
+                self.runtime.blocking_client(), self.runtime.config.mlflow_tracking_uri
+            )
+        except Exception as exc:
+            return self._observe(start, exc)
+        return self._observe(start, None)
+
+    def _call_with_retries(self) -> Exception | None:
+        """The deployed client's call: application-level attempts, each with HTTP retries.
+        Runs on the event loop's thread, so nothing else is served until it returns."""
+        config = self.runtime.config
+        sleeps = config.legacy.mlflow_retry_sleeps()
+        error: Exception | None = None
+        for _ in range(config.legacy.mlflow_attempts):
+            self.attempts.inc()
+            try:
+                probe_mlflow_retrying(
+                    self.runtime.blocking_client(), config.mlflow_tracking_uri, sleeps
+                )
+            except Exception as exc:  # any failure of the call is MLflow being unavailable
+                error = exc
+                continue
+            return None
+        return error
+
+    async def check(self) -> MlflowCheck:
+        """One MLflow check through the breaker; a refused call is instant and leaves the
+        breaker's message (with its countdown) in the info metric."""
+        await self.runtime.controls.wait_quiet()
         permit = self.breaker.acquire()
         if permit is None:
+            message = refused_message(
+                CircuitOpenError(self.breaker.state, self.breaker.time_until_retry())
+            )
+            self.connection_status.set(0)
+            self.info.info({"status": "error", "error": message})
             return MlflowCheck(
                 False, refused=True, error=BREAKER_OPEN_ERROR, error_type="CircuitBreakerOpen"
             )
-        result = self.probe()
+        start = time.perf_counter()
+        result = self._observe(start, self._call_with_retries())
         if result.connected:
             self.breaker.record_success(permit)
             self.consecutive_successes += 1
@@ -186,10 +256,12 @@ def install(app: FastAPI, runtime: Runtime) -> None:
     mlflow = LegacyMlflow(runtime)
 
     async def dependency_checks() -> tuple[bool, bool]:
-        postgres, redis = await asyncio.gather(
-            check_postgres(config.database_url, config.dependency_timeout),
-            check_redis(config.redis_url, config.dependency_timeout),
+        # The deployed database check was synchronous, with blocking sleeps between tries.
+        await runtime.controls.wait_quiet()
+        postgres = check_postgres_blocking(
+            config.database_url, config.dependency_timeout, config.legacy.db_retry_sleeps()
         )
+        redis = await check_redis(config.redis_url, config.dependency_timeout)
         return postgres.ok, redis.ok
 
     @app.get("/health", response_model=None)
@@ -202,7 +274,7 @@ def install(app: FastAPI, runtime: Runtime) -> None:
                 "timestamp": naive_now(),
             }
         postgres_ok, redis_ok = await dependency_checks()
-        check = mlflow.check()
+        check = await mlflow.check()
         payload = {
             "status": "healthy" if postgres_ok and redis_ok and check.connected else "degraded",
             "version": config.service_version,
@@ -225,8 +297,8 @@ def install(app: FastAPI, runtime: Runtime) -> None:
     async def ready() -> JSONResponse:
         postgres_ok, _ = await dependency_checks()
         # The deployed readiness check called MLflow twice: status, then connectivity.
-        mlflow.check()
-        check = mlflow.check()
+        await mlflow.check()
+        check = await mlflow.check()
         mlflow_entry: dict[str, Any] = {
             "name": "mlflow",
             "passed": check.connected,
@@ -273,8 +345,9 @@ def install(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/health/mlflow")
     async def health_mlflow() -> JSONResponse:
+        await runtime.controls.wait_quiet()
         snap = breaker.snapshot()  # read before this call's outcome is counted
-        check = mlflow.check()
+        check = await mlflow.check()
         if snap["state"] == BreakerState.OPEN.value:
             body = {
                 "error": SERIALISATION_ERROR,
@@ -300,8 +373,8 @@ def install(app: FastAPI, runtime: Runtime) -> None:
     @app.get("/health/status", response_model=None)
     async def health_status() -> Response:
         postgres_ok, redis_ok = await dependency_checks()
-        first = mlflow.check()
-        second = mlflow.check()
+        first = await mlflow.check()
+        second = await mlflow.check()
         payload = {
             "service_name": config.service_name,
             "overall_health": (
@@ -319,7 +392,7 @@ def install(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/api/health/mlflow")
     async def api_health_mlflow() -> JSONResponse:
-        check = mlflow.probe()
+        check = await mlflow.probe()
         body: dict[str, Any] = {
             "status": "ok" if check.connected else "error",
             "tracking_uri": redact_url(config.mlflow_tracking_uri),
@@ -345,4 +418,6 @@ def install(app: FastAPI, runtime: Runtime) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        # The deployed exporter read the MLflow status through the breaker on every scrape.
+        await mlflow.check()
         return Response(generate_latest(runtime.metrics), media_type=CONTENT_TYPE_LATEST)

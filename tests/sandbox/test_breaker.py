@@ -301,6 +301,22 @@ def test_force_stuck_open_sets_the_exhausted_state_directly() -> None:
     assert breaker.state is CLOSED
 
 
+def test_force_state_reaches_each_state_as_if_normally() -> None:
+    breaker, clock, _ = make(recovery_timeout=30, success_threshold=2)
+    breaker.force_stuck_open()
+    breaker.force_state(OPEN)  # OPEN with automatic retries, unlike stuck open
+    assert not breaker.stuck
+    assert breaker.time_until_retry() == 30
+    assert not breaker.allow()
+    clock.advance(30)
+    assert breaker.state is HALF_OPEN
+    breaker.force_state(HALF_OPEN)
+    assert breaker.allow() and breaker.allow() and not breaker.allow()  # two trials
+    breaker.force_state(CLOSED)
+    assert breaker.snapshot()["failure_count"] == 0
+    assert breaker.allow()
+
+
 def test_state_codes_match_the_gauge_encoding() -> None:
     assert STATE_CODES == {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
 

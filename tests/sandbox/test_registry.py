@@ -25,7 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from sandbox import mlflow_stub
 from sandbox.ports import free_port, wait_for_port
 from sandbox.registry import RegistryConfig, create_app
+from sandbox.registry.config import LegacyRetryBudget
 from sandbox.servers import PostgresServer, RedisServer
+from tests.conftest import LEGACY_TEST_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "test-api-key"
@@ -485,7 +487,7 @@ def test_admin_stuck_open(make_registry: Callable[..., Registry]) -> None:
 def test_admin_request_counting(make_registry: Callable[..., Registry]) -> None:
     reg = make_registry()
     reg.get("/live")
-    assert reg.post("/__sandbox/requests/reset", headers=ADMIN).json() == {"counts": {}}
+    assert reg.post("/__sandbox/requests/reset", headers=ADMIN).json()["counts"] == {}
     reg.get("/health")
     reg.get("/health")
     reg.get("/health", params={"detailed": "true"})
@@ -499,6 +501,10 @@ def test_admin_request_counting(make_registry: Callable[..., Registry]) -> None:
         "POST /health/mlflow/reset": 1,
         "GET /no-such-path": 1,
     }
+    stats = reg.get("/__sandbox/requests", headers=ADMIN).json()
+    # Each /health calls MLflow through the breaker once, one after the other.
+    assert stats["mlflow_checks"] == 3 and stats["mlflow_refused"] == 0
+    assert (stats["max_mlflow_in_flight"], stats["mlflow_in_flight"]) == (1, 0)
     reg.fault("wedged")
     reg.get("/ready")  # faulted requests were still received, so they count
     reg.fault()
@@ -540,11 +546,13 @@ def test_registry_command_line_starts_a_replica(
 
 @pytest.fixture
 def legacy(make_registry: Callable[..., Registry]) -> Registry:
-    # The deployed thresholds (5 failures, 60 s) unless a test needs faster ones.
+    # The deployed thresholds (5 failures, 60 s) unless a test needs faster ones; the
+    # deployed retry shape with the suite's shorter sleeps.
     return make_registry(
         REGISTRY_FLAVOR="legacy",
         MLFLOW_CB_FAILURE_THRESHOLD="<unset>",
         MLFLOW_CB_RECOVERY_TIMEOUT="<unset>",
+        **LEGACY_TEST_ENV,
     )
 
 
@@ -681,7 +689,7 @@ def test_legacy_health_mlflow_reports_stale_state_then_500_when_open(
     assert broken.json()["connected"] is False
 
     values = metric_values(legacy.get("/metrics").text)
-    assert values["mlflow_circuit_breaker_state"] == 1
+    assert values["mlflow_circuit_breaker_state"] == 2  # its own mapping: 2=OPEN
     assert values["mlflow_circuit_breaker_failures_total"] == 5
 
     reset = legacy.post("/health/mlflow/reset")  # no credentials needed
@@ -700,8 +708,11 @@ def test_legacy_blocking_mlflow_call_stalls_the_whole_api(
         reg = make_registry(
             REGISTRY_FLAVOR="legacy",
             MLFLOW_TRACKING_URI=f"http://127.0.0.1:{hole.getsockname()[1]}",
-            MLFLOW_TIMEOUT_SECONDS="2",
+            **LEGACY_TEST_ENV,
         )
+        # Every try waits for its timeout: 8 tries plus the backoff sleeps.
+        budget = LegacyRetryBudget.from_env(LEGACY_TEST_ENV)
+        expected = budget.mlflow_check_seconds(float(LEGACY_TEST_ENV["MLFLOW_TIMEOUT_SECONDS"]))
         slow: dict[str, float] = {}
 
         def call_mlflow() -> None:
@@ -717,9 +728,9 @@ def test_legacy_blocking_mlflow_call_stalls_the_whole_api(
         start = time.monotonic()
         assert reg.get("/live").status_code == 200
         live_latency = time.monotonic() - start
-        worker.join(10)
-    assert slow["mlflow"] >= 2.0
-    assert live_latency >= 0.8  # /live waited for the blocked loop
+        worker.join(30)
+    assert slow["mlflow"] >= expected * 0.95
+    assert live_latency >= expected * 0.5  # /live waited for the blocked loop
 
 
 def test_legacy_probe_without_breaker(legacy: Registry, mlflow: ServerThread) -> None:

@@ -260,6 +260,12 @@ def test_cli_fault_heal_status(sandbox: SandboxProcess) -> None:
     assert json.loads(cli("heal").stdout)["healed"] == ["aws-throttling"]
     bad = cli("fault", "latency", "--ms", "10")
     assert bad.returncode == 64 and "component" in bad.stderr
+    [address, *_] = json.loads(cli("breaker", "OPEN", "--replica", "0").stdout)["replicas"]
+    assert httpx.get(f"http://{address}/ready", timeout=10).json()["degraded_mode"] is True
+    assert cli("breaker", "CLOSED").returncode == 0
+    counted = json.loads(cli("requests", "--reset").stdout)["replicas"][address]
+    assert counted["counts"]["GET /ready"] >= 1 and counted["mlflow_refused"] >= 1
+    assert json.loads(cli("requests").stdout)["replicas"][address]["mlflow_refused"] == 0
 
 
 def test_sigterm_leaves_no_process_behind(tmp_path: Any) -> None:
