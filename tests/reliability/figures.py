@@ -36,6 +36,7 @@ from typing import Any
 
 ENV_DIR = "HOKUSAI_FIGURES_DIR"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+BUILD_DOC = Path(__file__).resolve().parents[2] / "build" / "reliability.md"
 _DATA_START = "<!-- figures-json"
 _DATA_END = "-->"
 
