@@ -94,6 +94,11 @@ class SandboxClient:
         """Reset every counter of request_stats on every replica."""
         self._call("POST", "/requests/reset")
 
+    def breaker_states(self) -> dict[str, str]:
+        """Per replica: its breaker's state, read without touching MLflow or any counter."""
+        result: dict[str, str] = self._call("GET", "/breakers")["replicas"]
+        return result
+
     def force_breaker(self, state: str, replica: int | None = None) -> list[str]:
         """Put every replica's breaker (or replica N's) in `state`: CLOSED, OPEN (with
         automatic retries, unlike the breaker-stuck-open fault) or HALF_OPEN. Returns the

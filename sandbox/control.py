@@ -61,6 +61,10 @@ def create_control_app(sandbox: Sandbox, info: dict[str, Any]) -> FastAPI:
         except FaultError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
 
+    @app.get("/breakers")
+    async def breakers() -> dict[str, Any]:
+        return {"replicas": await sandbox.breaker_states()}
+
     @app.post("/requests/reset")
     async def reset_requests() -> dict[str, str]:
         await sandbox.reset_request_counts()

@@ -41,11 +41,26 @@ log = logging.getLogger("sandbox.ecs")
 # seconds; the thresholds keep AWS's shape (a run of results, not a single probe).
 PROBE_INTERVAL_S = 0.25
 PROBE_TIMEOUT_S = 1.0
+# AWS's own default timeout is 5 s: a sandbox standing in for the deployed version, whose
+# event loop stalls for one MLflow check at a time, sets it so that one stall does not flip a
+# target that a real ALB would keep (its checks are 30 s apart, 5 s each).
+ENV_PROBE_TIMEOUT = "SANDBOX_HEALTH_CHECK_TIMEOUT_SECONDS"
 HEALTHY_THRESHOLD = 2
 UNHEALTHY_THRESHOLD = 2
 START_TIMEOUT_S = 60.0
 
 Launcher = Callable[[str, int], list[str]]  # (host, port) -> argv
+
+
+def _probe_timeout() -> float:
+    raw = os.environ.get(ENV_PROBE_TIMEOUT, "").strip()
+    try:
+        value = float(raw) if raw else PROBE_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{ENV_PROBE_TIMEOUT} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 60:
+        raise ValueError(f"{ENV_PROBE_TIMEOUT} must be between 0 and 60 seconds")
+    return value
 
 
 @dataclass
@@ -108,7 +123,7 @@ class EcsSimulation:
         }
         self._addresses = itertools.count(2)
         self._client = httpx.AsyncClient(
-            timeout=PROBE_TIMEOUT_S,
+            timeout=_probe_timeout(),
             limits=httpx.Limits(max_keepalive_connections=0),
             headers={"User-Agent": "ELB-HealthChecker/2.0"},  # what an ALB target sees
         )

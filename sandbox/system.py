@@ -435,6 +435,19 @@ class Sandbox:
                     read_timeout=ACCOUNTING_TIMEOUT_S,
                 )
 
+    async def breaker_states(self) -> dict[str, str]:
+        """Per live registry replica: its breaker's state, read from the replica's own
+        control route (which touches nothing: no MLflow call, not counted)."""
+        states: dict[str, str] = {}
+        for r in self.ecs.replicas(REGISTRY):
+            if r.alive:
+                data = await self._admin(
+                    r.address, "GET", "/state", missing_ok=True, read_timeout=ACCOUNTING_TIMEOUT_S
+                )
+                if data is not None:
+                    states[r.address] = str(data["breaker"]["state"])
+        return states
+
     async def force_breaker(self, state: str, replica: int | None = None) -> list[str]:
         """Put the breaker of every live replica (or of replica N) in `state` directly:
         OPEN (with automatic retries), HALF_OPEN or CLOSED. A test control, not a fault."""

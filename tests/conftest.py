@@ -79,6 +79,9 @@ LEGACY_TEST_ENV = {
     "MLFLOW_TIMEOUT_SECONDS": "0.25",
     "LEGACY_DB_ATTEMPTS": "3",
     "LEGACY_DB_RETRY_DELAY_SECONDS": "0.3",
+    # AWS's default health-check timeout: one MLflow check's stall (1.8 s here) must not
+    # flip a target, as it would not behind a real ALB (see sandbox/ecs.py).
+    "SANDBOX_HEALTH_CHECK_TIMEOUT_SECONDS": "5",
 }
 
 
