@@ -28,13 +28,10 @@ _HOST_VALIDATION_MARKERS = ("invalid host header", "dns rebinding")
 # mlflow/server/auth: make_basic_auth_response(), make_forbidden_response().
 _AUTHENTICATION_MARKERS = ("you are not authenticated",)
 _PERMISSION_MARKERS = ("permission denied",)
-# A status code inside an error text: "error code 403", "HTTP 401", "status 403",
-# "403 Forbidden", "401 Client Error: Unauthorized".
-_STATUS_IN_TEXT = re.compile(
-    r"(?:error code|http|status(?: code)?)\s*[:=]?\s*(401|403)\b"
-    r"|\b(401|403)\s+(?:forbidden|unauthorized|client error)",
-    re.IGNORECASE,
-)
+# A status code inside an error text: "error code 403", "HTTP 401", "status 403"; failing
+# that, a refusal's reason phrase: "403 Forbidden", "401 Client Error: Unauthorized".
+_STATUS_IN_TEXT = re.compile(r"(?:error code|http|status(?: code)?)\s*[:=]?\s*(\d{3})\b", re.I)
+_REFUSAL_PHRASE = re.compile(r"\b(401|403)\s+(?:forbidden|unauthorized|client error)", re.I)
 _QUOTE_LIMIT = 200
 # MLflow's client puts the server's answer after this in its exception text.
 _RESPONSE_BODY = re.compile(r"response body:\s*(.*)", re.IGNORECASE | re.DOTALL)
@@ -96,10 +93,10 @@ class MlflowRefusal:
 
 
 def _status_in(text: str) -> int | None:
-    match = _STATUS_IN_TEXT.search(text)
-    if match is None:
-        return None
-    return int(match.group(1) or match.group(2))
+    # The status the text states comes first: an answer quoted after "error code 503" is a
+    # 503's body, whatever it mentions.
+    match = _STATUS_IN_TEXT.search(text) or _REFUSAL_PHRASE.search(text)
+    return int(match.group(1)) if match else None
 
 
 def _quote(text: str) -> str:
@@ -121,9 +118,9 @@ def recognise_refusal(status_code: int | None, text: str | None) -> MlflowRefusa
     body = text or ""
     lowered = body.lower()
     status = status_code if status_code is not None else _status_in(body)
-    if status_code is not None and status_code not in (401, 403):
+    if status is not None and status not in (401, 403):
         return None
-    if any(m in lowered for m in _HOST_VALIDATION_MARKERS) and status in (403, None):
+    if any(m in lowered for m in _HOST_VALIDATION_MARKERS) and status != 401:
         return MlflowRefusal(RefusalKind.HOST_VALIDATION, status, _quote(body))
     if status == 401 or any(m in lowered for m in _AUTHENTICATION_MARKERS):
         return MlflowRefusal(RefusalKind.AUTHENTICATION, status, _quote(body))

@@ -72,6 +72,9 @@ def test_recognised(status: int | None, text: str, kind: RefusalKind) -> None:
         (None, "ConnectError: All connection attempts failed"),
         (None, "Circuit breaker is OPEN - MLflow unavailable (retry in 12s)"),
         (None, "PermissionError: [Errno 13] Permission denied: '/srv/cache'"),  # not MLflow's
+        # A 503's body that mentions a refusal is still a 503.
+        (None, "failed with error code 503 != 200. Response body: '<h1>401 Unauthorized</h1>'"),
+        (None, "ConnectError: https://mlflow.internal:403/ unreachable"),
         (None, None),
     ],
 )
