@@ -25,9 +25,9 @@ from service_health.parsing import parse_mlflow_health, parse_ready
 
 # mlflow/server/security_utils.py INVALID_HOST_MSG, and the phrase it rests on.
 _HOST_VALIDATION_MARKERS = ("invalid host header", "dns rebinding")
-# mlflow/server/auth: make_basic_auth_response(), make_forbidden_response().
+# mlflow/server/auth make_basic_auth_response(). Its 403 "Permission denied" is told by the
+# status alone: the words are too common to stand for MLflow's without one.
 _AUTHENTICATION_MARKERS = ("you are not authenticated",)
-_PERMISSION_MARKERS = ("permission denied",)
 # A status code inside an error text: "error code 403", "HTTP 401", "status 403"; failing
 # that, a refusal's reason phrase: "403 Forbidden", "401 Client Error: Unauthorized".
 _STATUS_IN_TEXT = re.compile(r"(?:error code|http|status(?: code)?)\s*[:=]?\s*(\d{3})\b", re.I)
