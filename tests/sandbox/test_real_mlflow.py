@@ -305,12 +305,18 @@ def registry_behind_refusal(
 
 
 def test_registry_view_quotes_the_refusal(
-    real: SandboxProcess, refusing: RefusingMlflow, registry_behind_refusal: str
+    real: SandboxProcess,
+    refusing: RefusingMlflow,
+    registry_behind_refusal: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ready = httpx.get(registry_behind_refusal + "/ready", timeout=10).json()
     [mlflow_check] = [c for c in ready["checks"] if c["name"] == "mlflow"]
     assert HOST_MSG in mlflow_check["error"]
 
+    # That registry is not among the sandbox's ECS targets: its view is read through its URL
+    # (as for a service whose tasks the worker cannot reach), /health/mlflow included.
+    monkeypatch.setenv("REPLICA_DISCOVERY", "sample")
     state, report = diagnose(api_url=registry_behind_refusal, mlflow_url=refusing.rejected_url)
     assert state.name == "Degraded"
     refused = [
@@ -320,11 +326,9 @@ def test_registry_view_quotes_the_refusal(
     ]
     assert len(refused) == 1, report.warnings
     [finding] = refused
-    assert "MLflow rejects the Host header it is reached by (HTTP 403 on GET /ready" in (
-        finding.message
-    )
+    assert "MLflow rejects the Host header it is reached by (HTTP 403 on GET /" in finding.message
     assert HOST_MSG in finding.message
-    assert "GET /ready" in finding.evidence
+    assert "GET /health/mlflow" in finding.evidence
     assert finding.recommendation is not None
     assert ALLOWED_HOSTS_ADVICE in finding.recommendation.lower()
 
