@@ -31,6 +31,7 @@ from sandbox.faultnames import FAULTS, LATENCY_COMPONENTS
 from sandbox.lb import LoadBalancer
 from sandbox.moto_bridge import MotoBridge
 from sandbox.ports import free_port
+from sandbox.real_mlflow import real_mlflow_launcher
 from sandbox.servers import PostgresServer, RedisServer
 from sandbox.tcpproxy import TcpProxy
 
@@ -191,17 +192,7 @@ class Sandbox:
                 lambda h, p: [py, "-m", "sandbox.registry", "--host", h, "--port", str(p)]
             ), registry_env
         if self.options.mlflow == "real":
-            store = self.state_dir / "mlflow"
-            store.mkdir(exist_ok=True)
-
-            def real(h: str, p: int) -> list[str]:
-                return [
-                    py, "-m", "mlflow", "server", "--host", h, "--port", str(p),
-                    "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                    "--default-artifact-root", str(store / "artifacts"), "--workers", "1",
-                ]  # fmt: skip
-
-            return real, {}
+            return real_mlflow_launcher(self.state_dir / "mlflow", self.mlflow_url)
         return (lambda h, p: [py, "-m", "sandbox.mlflow_stub", "--host", h, "--port", str(p)]), {}
 
     # -- what clients are told ----------------------------------------------------------------

@@ -119,9 +119,27 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+# Enough of a refusing answer to say why ("Invalid Host header ..."), never a whole page.
+_BODY_QUOTE_LIMIT = 300
+
+
 def _check_response(response: httpx.Response) -> None:
     if response.status_code != 200:
-        raise MlflowHttpError(f"MLflow answered HTTP {response.status_code}")
+        # Worded as the real service's MLflow client words it (mlflow.utils.rest_utils
+        # verify_rest_response: RestException for MLflow's JSON errors, else the body
+        # quoted): the body is what tells a refusal (host validation, authentication)
+        # apart from an MLflow that is failing.
+        try:
+            error = response.json()
+        except ValueError:
+            error = None
+        if isinstance(error, dict) and "error_code" in error:  # MLflow's own error answer
+            raise MlflowHttpError(f"{error['error_code']}: {error.get('message', '')}")
+        body = " ".join(response.text.split())[:_BODY_QUOTE_LIMIT]
+        raise MlflowHttpError(
+            f"API request to endpoint {MLFLOW_SEARCH_PATH} failed with error code "
+            f"{response.status_code} != 200. Response body: '{body}'"
+        )
     try:
         body = response.json()
     except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service_health.assessment.common import ResultBuilder, plural
+from service_health.assessment.mlflow_refusals import add_registry_refusal_findings
 from service_health.models import BreakerState, CheckName, CheckResult, CheckStatus
 from service_health.observations import HttpObservation
 from service_health.parsing import parse_metrics, parse_mlflow_health, parse_ready
@@ -168,6 +169,8 @@ def assess_circuit_breaker(
 
     _open_findings(b, seen, noun, signal_state, signal_source)
     _other_findings(b, seen, noun)
+    # What MLflow refuses (host validation, auth), quoted from the registry's own error text.
+    add_registry_refusal_findings(b, ready, [r.obs for r in seen])
     if seen and explicit and signal_state is not None and signal_state not in states:
         b.warning(
             f"The service reports the MLflow circuit breaker {signal_state} ({signal_source}) "

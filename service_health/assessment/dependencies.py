@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from service_health.assessment.common import ResultBuilder, seconds
+from service_health.assessment.mlflow_refusals import REFUSAL_DETAIL, observed_refusal
 from service_health.models import CheckName, CheckResult, CheckStatus
 from service_health.observations import HttpObservation, PostgresObservation, RedisObservation
 from service_health.parsing import parse_health, parse_mlflow_search, parse_ready
@@ -43,7 +44,7 @@ def assess_mlflow(
         b.details["health_status_code"] = health.status_code
         if health.status_code == 200:
             ok.append(health.label)
-        else:
+        elif not _refused(b, health):
             failures.append(f"{health.label}: {health.failure_text()}")
     if search is not None:
         b.cite(search.label)
@@ -52,7 +53,7 @@ def assess_mlflow(
         if search.status_code == 200 and view.error_code is None:
             ok.append(search.label)
             b.details["experiments_count"] = view.experiment_count
-        else:
+        elif not _refused(b, search):
             why = search.failure_text()
             if view.error_code:
                 why += f" {view.error_code}: {view.message or ''}".rstrip(": ")
@@ -87,7 +88,21 @@ def assess_mlflow(
         )
     count = b.details.get("experiments_count")
     summary = "reachable" + (f", {count} experiments" if count is not None else "")
+    if REFUSAL_DETAIL in b.details:
+        summary = f"reachable, refusing requests ({b.details[REFUSAL_DETAIL]})"
     return b.build(summary, latency_ms=latency)
+
+
+def _refused(b: ResultBuilder, obs: HttpObservation) -> bool:
+    """A refusal (host validation, authentication, permission) is its own finding: MLflow is
+    up and answering, so neither "unreachable" (which would plan a restart) nor "failing".
+    Degraded: the registry's calls are refused the same way and its breaker opens."""
+    refusal = observed_refusal(obs)
+    if refusal is None:
+        return False
+    b.warning(refusal.describe(obs.label), refusal.recommendation, [obs.label])
+    b.details.setdefault(REFUSAL_DETAIL, str(refusal.kind))
+    return True
 
 
 def assess_database(obs: PostgresObservation | None, slow_s: float = 1.0) -> CheckResult:
