@@ -88,3 +88,20 @@ def test_legacy_deviations_with_the_breaker_open(legacy: SandboxProcess) -> None
         ],
     )  # fmt: skip
     assert report.summary.skipped == 2
+
+
+def test_a_contract_run_leaves_an_open_breaker_open(legacy: SandboxProcess) -> None:
+    """The deployed version accepts a keyless reset and really resets: the reset probes
+    must not be sent where a reset would change something, read-only or not."""
+    opened = legacy.client.force_breaker("OPEN")
+    assert set(legacy.client.breaker_states().values()) == {"OPEN"}
+    legacy.client.reset_request_counts()
+    _, report = verify(target="sandbox")  # not read-only
+    for name in ("reset_without_key_refused", "reset_with_wrong_key_refused"):
+        result = report.tests[name]
+        assert result.outcome.value == "skipped", result
+        assert "does not read CLOSED" in result.actual["skipped"], result.actual
+    states = legacy.client.breaker_states()
+    assert [states[a] for a in opened] == ["OPEN"] * len(opened), states
+    counts = legacy.client.request_counts()
+    assert not any(c.get("POST /health/mlflow/reset") for c in counts.values()), counts

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,10 +22,11 @@ import httpx
 import pytest
 
 from sandbox.client import SandboxProcess
+from sandbox.statefiles import env_lines
 from service_health.recovery import RecoveryPlan, StepKind
 from tests.flows.test_diagnose_flow import diagnose
 from tests.flows.test_recover_flow import recover
-from tests.helpers import breaker_open_everywhere, wait_for
+from tests.helpers import wait_for
 from tests.reliability.calls import Calls, recording
 from tests.reliability.figures import record
 
@@ -53,10 +54,23 @@ class Row:
     outcome: str  # the real recovery's final state
     why: str  # what an operator should take from the row
     settle_s: float = 60.0  # stabilisation wait of the real recovery
+    flavor: str = "contract"  # the registry stand-in: the contract, or the deployed version
+    onset: bool = False  # diagnosed at once, before the fault has shown everywhere
 
     @property
     def id(self) -> str:
-        return "+".join(str(f).replace(" --", "-").replace(" ", "-") for f in self.faults)
+        faults = "+".join(str(f).replace(" --", "-").replace(" ", "-") for f in self.faults)
+        return (
+            faults
+            + ("@onset" if self.onset else "")
+            + (f"@{self.flavor}" if self.flavor != "contract" else "")
+        )
+
+    @property
+    def label(self) -> str:
+        faults = " + ".join(f"`{f}`" for f in self.faults)
+        said = [w for w in ("at onset" if self.onset else "", self.flavor) if w != "contract"]
+        return f"{faults} ({', '.join(w for w in said if w)})" if any(said) else faults
 
 
 def F(name: str, **options: Any) -> Fault:
@@ -78,6 +92,8 @@ RESTART_MLFLOW_THEN_RESET = (
     "verify",
 )
 RESET = ("reset_breaker", "wait_for_stabilization", "verify")
+ONSET_PLAN = ("force_deployment:hokusai-mlflow", "wait_for_mlflow", "wait_for_stabilization",
+              "check_alb_targets", "verify")  # fmt: skip
 # Not healthy, not recoverable by a restart: the fault is outside what a recovery touches.
 STAYS = 10.0
 
@@ -128,6 +144,24 @@ MATRIX: list[Row] = [
         ("escalate", "skip", "check_alb_targets", "verify"), "Failed",
         "with the database down the crashed task is not replaced (skipped, with the "
         "reason): a restart cannot help", STAYS),
+    # The onset: diagnosed at once, breakers still CLOSED and counting failures.
+    Row((F("mlflow-down"),), "degraded", ("circuit_breaker", "mlflow_service"),
+        RESTART_MLFLOW_THEN_RESET, "Recovered",
+        "MLflow just went down, breakers still CLOSED and counting: degraded, never "
+        "critical; MLflow is restarted, the counting breakers reset, no registry task",
+        onset=True),
+    Row((F("mlflow-down"),), "degraded",
+        ("health_endpoints", "circuit_breaker", "mlflow_service"), ONSET_PLAN, "Recovered",
+        "the deployed version stalls on every MLflow call: one /health/mlflow per replica "
+        "is read, the stall is named, MLflow is restarted", onset=True, flavor="legacy"),
+    Row((F("mlflow-down"),), "degraded", ("circuit_breaker", "mlflow_service"),
+        RESTART_MLFLOW_THEN_RESET, "Recovered",
+        "the deployed version's OPEN breaker is read OPEN (from /ready, not a HALF_OPEN "
+        "misread of /metrics) and reset after MLflow's restart", flavor="legacy"),
+    Row((F("postgres-down"),), "critical", ("database", "health_endpoints"),
+        ("escalate", "verify"), "Failed",
+        "the deployed version's /ready answers 503 after its database retries: the "
+        "database is named, MLflow is not blamed", STAYS, flavor="legacy"),
 ]  # fmt: skip
 
 
@@ -164,19 +198,29 @@ def _registry(sandbox: SandboxProcess) -> list[dict[str, Any]]:
     return replicas
 
 
+def breakers_open(sandbox: SandboxProcess) -> bool:
+    """Drive MLflow calls through every replica's breaker (/ready is the cheapest way), then
+    whether every one is OPEN, read from the replicas' control routes (either flavour)."""
+    for r in _registry(sandbox):
+        httpx.get(f"http://{r['address']}/ready", timeout=60)
+    return set(sandbox.client.breaker_states().values()) == {"OPEN"}
+
+
 # What to await after injecting a fault, so that the diagnosis and the plans are decided.
 SETTLED: dict[str, Callable[[SandboxProcess], bool]] = {
     "ecs-tasks-crashed": lambda sb: any(r["health"] == "unhealthy" for r in _registry(sb)),
     "alb-targets-unhealthy": lambda sb: all(r["health"] == "unhealthy" for r in _registry(sb)),
-    "mlflow-down": breaker_open_everywhere,
-    "mlflow-slow": breaker_open_everywhere,
-    "mlflow-errors": breaker_open_everywhere,
+    "mlflow-down": breakers_open,
+    "mlflow-slow": breakers_open,
+    "mlflow-errors": breakers_open,
 }
 
 
 def inject(sandbox: SandboxProcess, row: Row) -> None:
     for fault in row.faults:
         sandbox.client.fault(fault.name, **fault.options)
+    if row.onset:
+        return  # diagnosed at once: that moment is the row's point
     for fault in row.faults:
         settled = SETTLED.get(fault.name)
         if settled is not None:
@@ -200,7 +244,7 @@ def render(matrix: list[Row]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for row in matrix:
-        faults = " + ".join(f"`{f}`" for f in row.faults)
+        faults = row.label
         findings = ", ".join(row.findings) or "none"
         plan = " → ".join(row.plan) or "nothing to do"
         lines.append(
@@ -218,20 +262,32 @@ def test_document_matches_the_matrix() -> None:
 
 
 @pytest.fixture
-def ignored(prefect_server: str, sandbox: SandboxProcess) -> tuple[str, ...]:
-    """The harness's own requests: the Prefect API and the sandbox's control port."""
-    return (prefect_server.removesuffix("/api"), sandbox.info["control_url"])
+def flavored(
+    request: pytest.FixtureRequest, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SandboxProcess]:
+    """The shared sandbox of the row's flavour, its environment set; healed after."""
+    row: Row = request.param
+    name = "legacy_sandbox" if row.flavor == "legacy" else "sandbox"
+    sandbox: SandboxProcess = request.getfixturevalue(name)
+    wait_for(sandbox.client.converged, 90, "sandbox to converge")
+    for key, value in env_lines(sandbox.info).items():
+        monkeypatch.setenv(key, value)
+    yield sandbox
+    sandbox.client.heal()
+    wait_for(sandbox.client.converged, 90, "sandbox to converge after healing")
 
 
-@pytest.mark.parametrize("row", MATRIX, ids=[r.id for r in MATRIX])
+@pytest.mark.parametrize("flavored", MATRIX, ids=[r.id for r in MATRIX], indirect=True)
 def test_fault_through_diagnosis_and_recovery(
-    row: Row,
+    flavored: SandboxProcess,
+    request: pytest.FixtureRequest,
     prefect_server: str,
-    sandbox_env: dict[str, str],
-    healed: SandboxProcess,
-    ignored: tuple[str, ...],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    row: Row = request.node.callspec.params["flavored"]
+    healed = flavored
+    # The harness's own requests: the Prefect API and the sandbox's control port.
+    ignored = (prefect_server.removesuffix("/api"), healed.info["control_url"])
     inject(healed, row)
     with recording(monkeypatch, ignored) as diagnosis_calls:
         _, report = diagnose(deadline_seconds=10)
