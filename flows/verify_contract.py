@@ -90,7 +90,7 @@ async def run_read_only_tests(
             else:
                 results[name] = outcome
         views, partial = await ev.breaker_views()
-        return results, reset_probes_unsafe(views, partial)
+        return results, reset_probes_unsafe(views, partial, ev.known_replicas)
 
 
 async def run_mutating_tests(

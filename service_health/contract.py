@@ -420,14 +420,17 @@ def _health_fields(j: _Judge, body: dict[str, Any], view: HealthView) -> None:
         )
 
 
-def reset_probes_unsafe(views: dict[str, HttpObservation], partial: bool) -> str | None:
+def reset_probes_unsafe(
+    views: dict[str, HttpObservation], partial: bool, known_replicas: int | None = None
+) -> str | None:
     """Why the reset probes must not be sent, or None when they cannot change anything.
 
     A deployed version accepts a reset without a key and really resets: only a breaker
     that is CLOSED with MLflow connected (nothing counted toward opening) is left as it
-    was by a reset, so every replica must read so.
+    was by a reset, so every replica must read so. Sampled through the load balancer, that
+    is known only of a service said to have one replica.
     """
-    if partial:
+    if partial and known_replicas != 1:
         return (
             "the breaker of every replica could not be read one by one (sampled through the "
             "load balancer): a reset accepted without a key could change one not seen"

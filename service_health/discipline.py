@@ -96,7 +96,10 @@ def halt_reason(obs: HttpObservation, blocking_s: float) -> str | None:
 
     `obs` is the answer to an MLflow-touching request (or to the light read that precedes
     them); `blocking_s` is how long an answer may take before it counts as having held the
-    replica's event loop.
+    replica. A timeout or no answer halts; so does a slow answer, worded by what it shows
+    (MLflow calls admitted and failing, the database check failing). A fast answer halts
+    nothing, failing or not: it held nothing, and the budget bounds what reaches the
+    breaker.
     """
     label = obs.label
     if obs.error_kind is ErrorKind.TIMEOUT:
@@ -106,22 +109,20 @@ def halt_reason(obs: HttpObservation, blocking_s: float) -> str | None:
         )
     if not obs.answered:
         return f"{label} got no answer ({obs.failure_text()})"
+    if obs.elapsed_ms is None or obs.elapsed_ms <= blocking_s * 1000:
+        return None
+    took = f"{label} took {seconds(obs.elapsed_ms)}"
     if (mlflow := mlflow_failing_in(obs)) is not None:
         return (
-            f"{label}: {mlflow}; each further MLflow-touching request would block the "
-            "replica for one MLflow check and count toward opening its breaker"
+            f"{took} ({mlflow}): each further MLflow-touching request would hold the replica "
+            "as long and count toward opening its breaker"
         )
     if (database := database_failing_in(obs)) is not None:
         return (
-            f"{label}: {database}; each further database-touching request would block "
-            "the replica on the service's database retries"
+            f"{took} ({database}): each further database-touching request would hold the "
+            "replica on the service's database retries"
         )
-    if obs.elapsed_ms is not None and obs.elapsed_ms > blocking_s * 1000:
-        return (
-            f"{label} took {seconds(obs.elapsed_ms)}: each further MLflow-touching request "
-            "could hold the replica as long"
-        )
-    return None
+    return f"{took}: each further MLflow-touching request could hold the replica as long"
 
 
 class RequestLog(BaseModel):

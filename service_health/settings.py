@@ -281,6 +281,9 @@ class EnvSettings(BaseSettings):
     replica_discovery: ReplicaDiscovery | None = Field(
         None, validation_alias=AliasChoices("REPLICA_DISCOVERY", "replica_discovery")
     )
+    replicas: int | None = Field(
+        None, ge=1, le=1000, validation_alias=AliasChoices("REGISTRY_REPLICAS", "replicas")
+    )
 
     @field_validator(
         "ecs_services",

@@ -11,6 +11,7 @@ request in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import re
@@ -23,12 +24,12 @@ import httpx
 
 from service_health.aws_responses import read_target_health
 from service_health.discipline import (
-    LIGHT,
     MLFLOW_TOUCHING,
     RequestLog,
     halt_reason,
     touches_mlflow,
 )
+from service_health.endpoints import HEALTH, HEALTH_MLFLOW, LIVE
 from service_health.observations import (
     AwsObservation,
     ErrorKind,
@@ -108,6 +109,8 @@ class Evidence:
         # Every MLflow-touching exchange, sent or not, in the order decided.
         self.touching: list[HttpObservation] = []
         self.sample_basis = ""
+        # How many registry replicas there are, where something said (sample mode).
+        self.known_replicas: int | None = None
 
     async def __aenter__(self) -> Evidence:
         return self
@@ -170,14 +173,18 @@ class Evidence:
     async def _ahead_of_touching(self, ch: _Channel, path: str) -> None:
         """What must be in before `path` goes to `ch`: the light reads through the load
         balancer (they land on some replica) and of `ch` itself, and the MLflow-touching
-        endpoint before `path` in priority order."""
-        await asyncio.gather(*(self._first_light(self._lb, p) for p in LIGHT))
-        live = await self._first_light(ch, "/live")  # the load balancer's own for it
+        endpoint before `path` on `ch`, in priority order."""
+        # /health through the load balancer lands on some replica: it must be in first.
+        await self._first_light(self._lb, HEALTH)
+        live = await self._first_light(ch, LIVE)  # in sample mode, the load balancer's
         if ch.halted is None and (reason := halt_reason(live, math.inf)) is not None:
             ch.halted = reason
-        index = MLFLOW_TOUCHING.index(path)
-        if index > 0:
-            await self._touching(ch, MLFLOW_TOUCHING[index - 1])
+        if path == HEALTH_MLFLOW:
+            return  # first on every replica
+        assignment = await self._assignment()
+        order = [HEALTH_MLFLOW, *(p for p in MLFLOW_TOUCHING if assignment.get(p) is ch)]
+        index = order.index(path) if path in order else len(order)
+        await self._touching(ch, order[index - 1])
 
     def _touching(self, ch: _Channel, path: str) -> Awaitable[HttpObservation]:
         async def go() -> HttpObservation:
@@ -221,18 +228,39 @@ class Evidence:
         self.touching.append(obs)
         return obs
 
-    async def _primary(self) -> _Channel:
-        """Where the service-wide MLflow-touching endpoints are read: the first replica
-        that answered /live when the replicas are read one by one, else the load balancer."""
-        return await self._once("primary", self._choose_primary)
+    async def _assignment(self) -> dict[str, _Channel]:
+        """Where each service-wide MLflow-touching endpoint is read: spread over the
+        replicas that answered /live when they are read one by one (so no replica's chain
+        is longer than it must be), else the load balancer. Each is read once."""
+        return await self._once("assignment", self._assign)
 
-    async def _choose_primary(self) -> _Channel:
+    async def _assign(self) -> dict[str, _Channel]:
         replicas, _ = await self._direct_replicas()
-        for replica in replicas:
-            live = await self._first_light(self._channel(replica), "/live")
-            if live.status_code == 200:
-                return self._channel(replica)
-        return self._channel(replicas[0]) if replicas else self._lb
+        channels = [self._channel(r) for r in replicas]
+        lives = [await self._first_light(ch, "/live") for ch in channels]
+        answering = [
+            ch for ch, live in zip(channels, lives, strict=True) if live.status_code == 200
+        ]
+        pool = answering or channels[:1] or [self._lb]
+        wide = [p for p in MLFLOW_TOUCHING if p != HEALTH_MLFLOW]
+        return {path: pool[i % len(pool)] for i, path in enumerate(wide)}
+
+    async def _live(self) -> HttpObservation:
+        """/live: where replicas are read one by one, the answer of the first one that
+        answered (each replica is asked once, and one asked through the load balancer
+        would be asked twice); else through the load balancer."""
+        replicas, _ = await self._direct_replicas()
+        if not replicas:
+            return await self._first_light(self._lb, LIVE)
+        lives = [await self._first_light(self._channel(r), LIVE) for r in replicas]
+        return next((o for o in lives if o.status_code == 200), lives[0])
+
+    async def _home(self, path: str) -> _Channel:
+        """The channel an MLflow-touching `path` of the service goes to."""
+        if path != HEALTH_MLFLOW:
+            return (await self._assignment())[path]
+        pool = sorted(set((await self._assignment()).values()), key=lambda c: c.name)
+        return pool[0]
 
     async def _direct_replicas(self) -> tuple[list[str], bool]:
         """(replicas to read one by one, whether they were discovered at all)."""
@@ -254,11 +282,13 @@ class Evidence:
     def endpoint(self, path: str) -> Awaitable[HttpObservation]:
         """`path` of the service: light ones through the load balancer, MLflow-touching ones
         where the request discipline sends them (read once either way)."""
+        if path == LIVE:
+            return self._once(("endpoint", path), self._live)
         if not touches_mlflow(path):
             return self._first_light(self._lb, path)
 
         async def go() -> HttpObservation:
-            return await self._touching(await self._primary(), path)
+            return await self._touching(await self._home(path), path)
 
         return self._once(("endpoint", path), go)
 
@@ -267,12 +297,13 @@ class Evidence:
         if not touches_mlflow(path):
             # Through the load balancer it lands on any replica: wait until none has an
             # MLflow-touching request of ours in flight (the first reads are in; rereads
-            # go through the primary's lock).
+            # hold their channel's lock, so hold every one of them).
             await asyncio.gather(self.endpoint(path), self.breaker_views())
-            primary = await self._primary()
-            async with primary.lock:
+            async with contextlib.AsyncExitStack() as held:
+                for ch in sorted(self._channels(), key=lambda c: c.name):
+                    await held.enter_async_context(ch.lock)
                 return await self._light(self._lb, path)
-        ch = await self._primary()
+        ch = await self._home(path)
         await self._touching(ch, path)
         return await self._send_touching(ch, path)
 
@@ -321,6 +352,7 @@ class Evidence:
         if not known:
             return 1, "no evidence of more than one replica: one sample"
         count, source = max(known)
+        self.known_replicas = count
         samples = max(1, min(t.samples, count))
         return samples, f"{source}: {count}; {samples} sample{'s' if samples != 1 else ''}"
 

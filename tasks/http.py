@@ -118,7 +118,7 @@ async def fetch(
         # target registration, say) fails inside the client with other exception types.
         kind, message = _classify(exc)
         if kind is ErrorKind.TIMEOUT:
-            message = f"timed out after {timeout_s:g}s"
+            message = f"timed out after {round(timeout_s, 2):g}s"
         return HttpObservation(
             url=shown,
             method=method,

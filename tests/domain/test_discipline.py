@@ -93,13 +93,16 @@ def test_half_open_still_reads_half_open() -> None:
 # -- when to stop sending ---------------------------------------------------------------------
 
 
-def test_halts_after_an_admitted_failing_mlflow_call() -> None:
-    reason = halt_reason(onset_mlflow(elapsed_ms=50.0), blocking_s=1.0)
+def test_halts_after_a_slow_admitted_failing_mlflow_call() -> None:
+    reason = halt_reason(onset_mlflow(elapsed_ms=1800.0), blocking_s=1.0)
     assert reason is not None and "count toward opening its breaker" in reason
+    # A fast failing answer held nothing: the reads go on (the budget bounds them).
+    assert halt_reason(onset_mlflow(elapsed_ms=50.0), blocking_s=1.0) is None
 
 
-def test_halts_after_a_database_failure_in_ready() -> None:
-    reason = halt_reason(b.legacy_ready(database=False), blocking_s=1.0)
+def test_halts_after_a_slow_database_failure_in_ready() -> None:
+    slow = b.legacy_ready(database=False).model_copy(update={"elapsed_ms": 3100.0})
+    reason = halt_reason(slow, blocking_s=1.0)
     assert reason is not None and "database retries" in reason
 
 

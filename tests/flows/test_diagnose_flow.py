@@ -131,13 +131,16 @@ def test_each_endpoint_fetched_at_most_once_per_replica(
     counts = healed.client.request_counts()
     assert len(counts) == 2
     for replica, per_path in counts.items():
+        # Each replica: its own liveness and its own breaker, read once each.
+        assert per_path.get("GET /live") == 1, (replica, per_path)
         assert per_path.get("GET /health/mlflow") == 1, (replica, per_path)
         assert all(n == 1 for n in per_path.values()), (replica, per_path)
     total: dict[str, int] = {}
     for per_path in counts.values():
         for path, n in per_path.items():
             total[path] = total.get(path, 0) + n
-    for path in ["GET /health", "GET /ready", "GET /live", "GET /metrics", "GET /health/status",
+    # The service-wide views: once in all (spread over the replicas).
+    for path in ["GET /health", "GET /ready", "GET /metrics", "GET /health/status",
                  "GET /health?detailed=true"]:  # fmt: skip
         assert total.get(path) == 1, (path, total)
 
