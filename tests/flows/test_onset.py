@@ -100,7 +100,10 @@ class Prober:
 
 def diagnose_env(**params: Any) -> DiagnosticReport:
     """A diagnosis of the target the environment alone describes (target "env")."""
-    state = asyncio.run(diagnose_service_health(target="env", return_state=True, **params))
+    async def go() -> Any:
+        return await diagnose_service_health(target="env", return_state=True, **params)
+
+    state = asyncio.run(go())
     report = state.result(raise_on_failure=False)
     assert isinstance(report, DiagnosticReport), state
     return report
