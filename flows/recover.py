@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
+    acreate_link_artifact,
     acreate_markdown_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
@@ -21,6 +22,7 @@ from prefect.flow_runs import NotPausedError, apause_flow_run, aresume_flow_run
 from prefect.input import RunInput
 from prefect.logging import get_logger
 from prefect.states import Cancelled, Completed, Failed, State
+from prefect.utilities.urls import url_for
 from pydantic import Field
 
 from flows.diagnose import run_checks
@@ -31,6 +33,7 @@ from service_health.log_lines import verdict_line
 from service_health.models import DiagnosticReport
 from service_health.planning import DEFAULT_COOLDOWN_S, DEFAULT_MAX_RESTARTS, plan_recovery
 from service_health.recovery import (
+    PASSIVE_KINDS,
     ActionResult,
     EntryStatus,
     RecoveryLogEntry,
@@ -101,7 +104,8 @@ async def apply(
             results[step.number] = blocked_result(step, ready)
             logger.warning("Step %d not run: %s: %s", step.number, step.title, ready)
             continue
-        logger.info("Step %d starts: %s", step.number, redactor.text(step.title))
+        if step.kind not in PASSIVE_KINDS:  # an escalation or a skip only writes its entry
+            logger.info("Step %d starts: %s", step.number, redactor.text(step.title))
         results[step.number] = result = await execute_step(
             ready,
             target,
@@ -241,6 +245,7 @@ async def recover_service(
     approval_poll_seconds: int = 5,
     api_url: str | None = None,
     aws_region: str | None = None,
+    triggered_by: str | None = None,
 ) -> State[Any]:
     """Recover the service: diagnose, plan by fixed rules, then apply (or only show the plan).
 
@@ -258,6 +263,8 @@ async def recover_service(
         approval_poll_seconds: How often a paused run checks for the operator's answer.
         api_url: Override the target's API URL.
         aws_region: Override the target's AWS region.
+        triggered_by: Set by the automation: the event resource of the diagnosis run that
+            started this recovery (prefect.flow-run.<id>); the run links to it.
     """
     logger = get_run_logger()
     started_at, started = datetime.now(UTC), time.perf_counter()
@@ -269,6 +276,8 @@ async def recover_service(
         logger.error("Configuration error: %s", exc)
         return Failed(name="Config error", message=f"configuration error: {exc}", data=exc)
     redactor = Redactor(resolved.secret_values())
+    if triggered_by:
+        await link_trigger(triggered_by, resolved.slug)
 
     async def make_plan() -> tuple[DiagnosticReport, RecoveryPlan]:
         report = await diagnose(resolved)
@@ -357,6 +366,17 @@ async def recover_service(
     events.recovery_finished(resolved.slug, resolved.name, safe, safe.outcome.state_name,
                              safe.message, dry_run)  # fmt: skip
     return final_state(result)
+
+
+async def link_trigger(resource: str, slug: str) -> None:
+    """A link artifact to the diagnosis run that started this recovery."""
+    run_id = resource.removeprefix("prefect.flow-run.")
+    get_run_logger().info("Started by the diagnosis run %s", run_id)
+    link = url_for("flow-run", obj_id=run_id) or resource
+    await acreate_link_artifact(
+        key=f"recovery-{slug}-trigger", link=link, link_text=f"diagnosis {run_id}",
+        description="The diagnosis run whose verdict started this recovery",
+    )  # fmt: skip
 
 
 def skipped(target: Target, message: str) -> State[Any]:

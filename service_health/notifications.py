@@ -123,13 +123,25 @@ def _own_trigger(event: str, slug: str, **labels: str) -> dict[str, Any]:
     }
 
 
-RUN_LINK = "Run {{ flow_run.name }}: {{ flow_run|ui_url }}"
+def run_url(ui_base: str | None) -> str:
+    """The template of a link to the triggering run's page: under `ui_base` (the Prefect UI
+    address operators open, PREFECT_UI_URL where `setup` runs), else the server's own
+    PREFECT_UI_URL (`ui_url` renders nothing when the server has none)."""
+    if ui_base:
+        return f"{ui_base.rstrip('/')}/runs/flow-run/{{{{ flow_run.id }}}}"
+    return "{{ flow_run|ui_url }}"
 
 
 def automation_specs(
-    target: str, slug: str, config: TargetNotifications, schedule_s: float
+    target: str,
+    slug: str,
+    config: TargetNotifications,
+    schedule_s: float,
+    ui_base: str | None = None,
 ) -> list[AutomationSpec]:
     """The automations of one target, one per configured event."""
+    link = run_url(ui_base)
+    run_link = f"Run {{{{ flow_run.name }}}}: {link}"
     specs = []
     events = set(config.events)
     verdicts = [s for s, e in (("Critical", NotifyEvent.CRITICAL),
@@ -141,7 +153,7 @@ def automation_specs(
             trigger=_state_trigger(f"diagnose-{slug}", [verdict]),
             subject=f"[hokusai] {target}: diagnosis {verdict}",
             body=(f"Diagnosis of {target}: {{{{ flow_run.state.name }}}}\n"
-                  "{{ flow_run.state.message }}\n" + RUN_LINK),
+                  "{{ flow_run.state.message }}\n" + run_link),
         ))  # fmt: skip
     if NotifyEvent.APPROVAL in events:
         specs.append(AutomationSpec(
@@ -153,7 +165,7 @@ def automation_specs(
                   "{{ event.payload.deadline }} (then it rejects itself).\n"
                   "Approving applies:\n"
                   "{% for step in event.payload.steps %}- {{ step }}\n{% endfor %}"
-                  "Approve or reject with Resume on the run's page: {{ flow_run|ui_url }}\n"
+                  f"Approve or reject with Resume on the run's page: {link}\n"
                   "Run {{ flow_run.name }}"),
         ))  # fmt: skip
     if NotifyEvent.RECOVERY in events:
@@ -165,7 +177,7 @@ def automation_specs(
             body=(f"Recovery of {target}: {{{{ event.payload.outcome }}}}\n"
                   "{{ event.payload.message }}\n"
                   "{% for done in event.payload.actions %}- {{ done }}\n{% endfor %}"
-                  + RUN_LINK),
+                  + run_link),
         ))  # fmt: skip
     if NotifyEvent.CRASHED in events:
         specs.append(AutomationSpec(
@@ -175,7 +187,7 @@ def automation_specs(
             subject=f"[hokusai] {target}: recovery run {{{{ flow_run.state.name }}}}",
             body=(f"A recovery run of {target} ended {{{{ flow_run.state.name }}}}: "
                   "{{ flow_run.state.message }}\nWhat it did before is in its recovery "
-                  "log; check the service before starting another.\n" + RUN_LINK),
+                  "log; check the service before starting another.\n" + run_link),
         ))  # fmt: skip
     if NotifyEvent.SILENCE in events:
         window = config.silence_after_s or 3 * schedule_s

@@ -24,6 +24,10 @@ def _target(slug: str, name: str, **labels: str) -> dict[str, str]:
             **labels}  # fmt: skip
 
 
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def approval_requested(slug: str, name: str, steps: list[str], deadline: str) -> None:
     emit_event(
         APPROVAL_REQUESTED,
@@ -35,7 +39,7 @@ def approval_requested(slug: str, name: str, steps: list[str], deadline: str) ->
 def recovery_finished(slug: str, name: str, result: RecoveryResult | None, outcome: str,
                       message: str, dry_run: bool) -> None:  # fmt: skip
     actions = [
-        f"{e.action}{f' ({e.subject})' if e.subject else ''}: {e.status}"
+        f"{e.action}{f' ({e.subject})' if e.subject else ''}: {e.status} - {_short(e.details)}"
         for e in (result.recovery_log if result else [])
         if not e.dry_run
     ]

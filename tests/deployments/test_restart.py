@@ -139,10 +139,29 @@ def test_a_paused_recovery_survives_a_server_restart(
     lines = run_logs(server, pending)
     assert any(line.startswith("Approval asked for the recovery plan of sandbox") for line in lines)
     assert any("Approval answered: approved (after the restart)" in line for line in lines)
+    # The audit trail in the event feed: one event per mutating call, the approval, the end.
+    names = event_names(server, pending)
+    assert names.count("hokusai.recovery.force_deployment.success") == 1, names
+    assert "hokusai.recovery.approval-requested" in names and "hokusai.recovery.finished" in names
     # The worker lost the server for a while (its event subscriber says so); the run did not.
     out = worker.output()
     assert "Lease not found" not in out and "over-allocation" not in out, out[-3000:]
     assert "Unexpected result" not in out, out[-3000:]
+
+
+def event_names(server: PrefectServer, run_id: UUID) -> list[str]:
+    """The names of the project's own events related to the run (hokusai.*), read back
+    from the server's feed."""
+
+    async def go(client: Any) -> list[str]:
+        response = await client.request("POST", "/events/filter", json={
+            "filter": {"any_resource": {"id": [f"prefect.flow-run.{run_id}"]},
+                       "event": {"prefix": ["hokusai."]}},
+            "limit": 50,
+        })  # fmt: skip
+        return [e["event"] for e in response.json()["events"]]
+
+    return server.call(go)
 
 
 def run_name(server: PrefectServer, run_id: UUID) -> str:

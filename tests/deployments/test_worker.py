@@ -91,6 +91,10 @@ def test_a_critical_diagnosis_ends_cleanly_in_the_worker(
     assert (final.message or "").startswith("sandbox: critical - "), final.message
     artifact: Any = asyncio.run(Artifact.aget("diagnosis-sandbox"))
     assert artifact is not None and artifact.flow_run_id == flow_run.id
+    # The Logs tab tells the story: one line per check, the verdict with its reasons.
+    lines = run_logs(flow_run.id)
+    assert any(line.startswith("Check api_connectivity: unhealthy - ") for line in lines), lines
+    assert any(line.startswith("Verdict for sandbox: critical - ") for line in lines), lines
     # The worker logs the end of the run's process once it is reaped (under the name the
     # run had when it was submitted: the only run this worker ran).
     assert flow_run_named(flow_run.id).startswith("diagnose-sandbox-")
@@ -107,5 +111,17 @@ def flow_run_named(run_id: Any) -> str:
     async def go() -> str:
         async with get_client() as client:
             return str((await client.read_flow_run(run_id)).name)
+
+    return asyncio.run(go())
+
+
+def run_logs(run_id: Any) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def go() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        return [log.message for log in logs]
 
     return asyncio.run(go())
