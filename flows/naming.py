@@ -1,5 +1,6 @@
 """Flow-run names that say what the run is (the run list reads at a glance), e.g.
-`diagnose-sandbox-20261201T2121`, `recover-sandbox-apply-20261201T2122`."""
+`diagnose-sandbox-20261201T2121`, `recover-sandbox-apply-20261201T2122`,
+`diagnose-fleet-3-targets-...`."""
 
 from __future__ import annotations
 
@@ -32,3 +33,8 @@ def recover_run_name() -> str:
     params = _parameters()
     mode = "dry-run" if params.get("dry_run", True) else "apply"
     return f"recover-{_part(params.get('target', 'env'))}-{mode}-{_stamp()}"
+
+
+def fleet_run_name() -> str:
+    targets = _parameters().get("targets") or []
+    return f"diagnose-fleet-{len(targets)}-targets-{_stamp()}"
