@@ -1,6 +1,7 @@
 """`python -m deployments`: prepare a Prefect server for this project's deployments.
 
-setup     create the process work pool the deployments run on (idempotent)
+setup     create the process work pool the deployments run on, and the notification
+          automations targets.yaml asks for (idempotent)
 secrets   create or update the Secret blocks a target names, from the environment
 """
 
@@ -26,6 +27,8 @@ async def setup(pool: str) -> list[str]:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
 
+    from deployments.notify import declare
+
     done = []
     async with get_client() as client:
         try:
@@ -34,6 +37,7 @@ async def setup(pool: str) -> list[str]:
         except ObjectNotFound:
             await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
             done.append(f"created process work pool {pool!r}")
+        done += await declare(client)
     return done
 
 

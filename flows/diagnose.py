@@ -11,7 +11,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.states import Completed, Failed, State
 
+from flows.naming import diagnose_run_name
 from service_health.assessment import build_report
+from service_health.log_lines import check_lines, verdict_line
 from service_health.models import CheckResult, DiagnosticReport, Verdict
 from service_health.redaction import Redactor
 from service_health.rendering import checks_table, report_markdown
@@ -81,7 +83,7 @@ def final_state(report: DiagnosticReport) -> State[Any]:
     return Completed(name=verdict.state_name, message=message, data=report)
 
 
-@flow(name="diagnose-service-health")
+@flow(name="diagnose-service-health", flow_run_name=diagnose_run_name)
 async def diagnose_service_health(
     target: str = "env",
     api_url: str | None = None,
@@ -128,5 +130,10 @@ async def diagnose_service_health(
     await acreate_table_artifact(
         key=f"{key}-checks", table=checks_table(report), description=f"Checks of {resolved.name}"
     )
-    logger.info("Verdict for %s: %s", resolved.name, report.overall_status.value)
+    # The Logs tab tells the story: each check with its main finding, then the verdict's
+    # reasons (the report was redacted above; the lines are redacted again as built).
+    for line in check_lines(report):
+        logger.info("%s", redactor.text(line))
+    verdict = logger.warning if report.overall_status is not Verdict.HEALTHY else logger.info
+    verdict("%s", redactor.text(verdict_line(report)))
     return final_state(report)

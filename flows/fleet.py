@@ -19,6 +19,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, Failed, State
 
 from flows.diagnose import diagnose_service_health
+from flows.naming import fleet_run_name
 from service_health.models import DiagnosticReport, Verdict
 
 FLOW_NAME = "diagnose-service-health"
@@ -71,7 +72,7 @@ async def _one(target: str, prefix: str, use_deployments: bool | None) -> dict[s
     return row
 
 
-@flow(name="diagnose-fleet")
+@flow(name="diagnose-fleet", flow_run_name=fleet_run_name)
 async def diagnose_fleet(
     targets: list[str],
     max_concurrency: int = 8,

@@ -71,7 +71,8 @@ def test_setup_then_deploy_all(prefect_server: str) -> None:
     (action,) = remediate.actions
     assert action.deployment_id == recover.id
     assert action.parameters == {
-        "target": "sandbox", "dry_run": False, "require_approval": True, "lock_timeout_seconds": 5
+        "target": "sandbox", "dry_run": False, "require_approval": True,
+        "lock_timeout_seconds": 5, "triggered_by": "{{ event.resource.id }}",
     }  # fmt: skip
     assert not automations["remediate-production"].enabled
 

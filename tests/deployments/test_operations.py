@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from sandbox.ports import free_port
 from sandbox.statefiles import env_lines
 from tests.conftest import converged
 from tests.deployments.test_deploy import run
-from tests.flows.test_recover_flow import breaker_states, deployments_started
+from tests.flows.test_recover_flow import breaker_states, deployments_started, ecs
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,3 +207,180 @@ def test_fleet_fans_out_to_deployments_where_they_exist(
     assert rows["sandbox"]["how"] == "deployment" and rows["sandbox"]["state"] == "Healthy"
     assert rows["nowhere"]["how"] == "subflow" and rows["nowhere"]["verdict"] == "critical"
     assert flow_run(UUID(rows["sandbox"]["run"])).deployment_id is not None
+
+
+def test_operators_are_notified_through_prefect_automations(
+    worker: dict[str, str], healed: SandboxProcess, tmp_path: Path
+) -> None:
+    """targets.yaml names a CustomWebhookNotificationBlock; `setup` declares the automations;
+    the session's Prefect server sends each message to a real receiver on loopback."""
+    from urllib.parse import urlsplit
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.flow_runs import resume_flow_run
+
+    from tests.deployments.receiver import Receiver
+
+    receiver = Receiver()
+    try:
+        CustomWebhookNotificationBlock(
+            name="hokusai", url=f"{receiver.url}/hook",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        ).save("hokusai-test-hook", overwrite=True)  # fmt: skip
+        targets = yaml.safe_load((ROOT / "targets.yaml").read_text())
+        targets["notifications"] = {"sandbox": {
+            "blocks": ["custom-webhook/hokusai-test-hook"],
+            "events": ["critical", "approval", "recovery", "crashed"],
+        }}  # fmt: skip
+        path = tmp_path / "targets.yaml"
+        path.write_text(yaml.safe_dump(targets))
+        env = {**worker, "HOKUSAI_TARGETS_FILE": str(path)}
+        setup = run(env, sys.executable, "-m", "deployments", "setup")
+        assert "automation 'notify-sandbox-critical' created" in setup.stdout, setup
+        again = run(env, sys.executable, "-m", "deployments", "setup")  # idempotent
+        assert "automation 'notify-sandbox-critical' updated" in again.stdout, again
+
+        earlier = {r.id for r in runs_of(RECOVER)}
+        forget_restarts(healed)  # an earlier test's restart must not hold this one back
+        healed.client.fault("ecs-tasks-crashed", all=True)
+        wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 0, 15, "crash")
+        diagnosis = start(DIAGNOSE)
+        assert final_state(diagnosis).name == "Critical"
+        (critical,) = wait_for(lambda: receiver.messages("diagnosis Critical"), 60, "Critical")
+        # From the run's end, as the server recorded it, to the message's arrival.
+        ended = flow_run(diagnosis).end_time.timestamp()
+        figures = {"critical_notification_s": round(critical["at"] - ended, 2)}
+        assert critical["body"]["subject"] == "[hokusai] sandbox: diagnosis Critical"
+        assert "sandbox: critical - " in critical["body"]["body"]
+        assert f"/runs/flow-run/{diagnosis}" in critical["body"]["body"]
+
+        (pending,) = wait_for(
+            lambda: [r for r in runs_of(RECOVER)
+                     if r.id not in earlier and r.state and r.state.is_paused()],
+            120, "the automation's recovery to wait for approval",
+        )  # fmt: skip
+        assert pending.parameters["triggered_by"] == f"prefect.flow-run.{diagnosis}"
+        (approval,) = wait_for(lambda: receiver.messages("waits for approval"), 60, "approval")
+        text = approval["body"]["body"]
+        assert f"- Force a new deployment ({REGISTRY}): " in text, text
+        assert f"/runs/flow-run/{pending.id}" in text and "UTC" in text
+
+        clicked = time.time()
+        resume_flow_run(pending.id, run_input={"approve": True, "note": "notified"})
+        (first,) = wait_for(lambda: [t for t, m in run_logs(pending.id) if "Step 1 starts" in m],
+                            60, "the apply to start")  # fmt: skip
+        figures["approval_to_apply_s"] = round(first - clicked, 2)
+        assert final_state(pending.id, 240).name == "Recovered"
+        (recovered,) = wait_for(lambda: receiver.messages("recovery Recovered"), 60, "Recovered")
+        assert f"force_deployment ({REGISTRY}): success" in recovered["body"]["body"]
+        wait_for(lambda: converged(healed), 90, "the sandbox to be healthy")
+
+        # A rejected plan is told too.
+        healed.client.fault("breaker-stuck-open")
+        rejected_run = client_call(lambda c: _start_recovery(c, require_approval=True))
+        wait_for(lambda: flow_run(rejected_run).state.is_paused(), 120, "the second approval")
+        resume_flow_run(rejected_run, run_input={"approve": False, "note": "not now"})
+        assert final_state(rejected_run, 120).name == "Rejected"
+        (rejected,) = wait_for(lambda: receiver.messages("recovery Rejected"), 60, "Rejected")
+        assert "rejected by the operator (not now)" in rejected["body"]["body"]
+
+        secrets = [healed.info["api_key"], urlsplit(healed.info["database_url"]).password]
+        for message in receiver.received:
+            assert not any(s and s in message["raw"] for s in secrets), message
+        print(f"\nnotification figures: {figures}")
+    finally:
+        receiver.close()
+
+        async def cleanup(client: Any) -> None:
+            for automation in await client.read_automations():
+                if automation.name.startswith("notify-sandbox-"):
+                    await client.delete_automation(automation.id)
+
+        client_call(cleanup)
+
+
+def forget_restarts(sandbox: SandboxProcess) -> None:
+    """Remove the tag that starts the registry's cooldown (an automation-started recovery
+    keeps the default cooldown of 10 minutes, longer than this module's tests)."""
+    from service_health.recovery import RESTART_TAG
+
+    client = ecs(sandbox)
+    (service,) = client.describe_services(cluster="hokusai-sandbox", services=[REGISTRY])[
+        "services"
+    ]
+    client.untag_resource(resourceArn=service["serviceArn"], tagKeys=[RESTART_TAG])
+
+
+async def _start_recovery(client: Any, **parameters: Any) -> UUID:
+    found = await client.read_deployment_by_name(RECOVER)
+    params = {"target": "sandbox", "dry_run": False, "approval_poll_seconds": 1, **parameters}
+    run_id: UUID = (await client.create_flow_run_from_deployment(found.id, parameters=params)).id
+    return run_id
+
+
+def run_logs(run_id: UUID) -> list[tuple[float, str]]:
+    """(epoch seconds, message) of each log line of the run, read back from the server."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def go(client: Any) -> list[tuple[float, str]]:
+        logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        return [(log.timestamp.timestamp(), log.message) for log in logs]
+
+    result: list[tuple[float, str]] = client_call(go)
+    return result
+
+
+def test_a_killed_recovery_and_a_silent_target_are_notified(
+    worker: dict[str, str], healed: SandboxProcess, tmp_path: Path
+) -> None:
+    """SIGKILL a recovery waiting for approval: Crashed. Pause the diagnosis schedule: the
+    dead-man's switch fires once its window has passed without a completed diagnosis."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from tests.deployments.receiver import Receiver
+
+    receiver = Receiver()
+    diagnose = client_call(lambda c: c.read_deployment_by_name(DIAGNOSE))
+
+    async def pause_schedules(client: Any, active: bool) -> None:
+        for schedule in diagnose.schedules:
+            await client.update_deployment_schedule(diagnose.id, schedule.id, active=active)
+
+    try:
+        CustomWebhookNotificationBlock(
+            name="hokusai", url=f"{receiver.url}/hook",
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        ).save("hokusai-test-hook", overwrite=True)  # fmt: skip
+        targets = yaml.safe_load((ROOT / "targets.yaml").read_text())
+        targets["notifications"] = {"sandbox": {
+            "blocks": ["custom-webhook/hokusai-test-hook"], "events": ["crashed", "silence"],
+            "silence_after_s": 15,
+        }}  # fmt: skip
+        path = tmp_path / "targets.yaml"
+        path.write_text(yaml.safe_dump(targets))
+        setup = run({**worker, "HOKUSAI_TARGETS_FILE": str(path)}, sys.executable, "-m",
+                    "deployments", "setup")  # fmt: skip
+        assert "automation 'notify-sandbox-silence' created" in setup.stdout, setup
+
+        healed.client.fault("breaker-stuck-open")
+        pending = client_call(lambda c: _start_recovery(c, require_approval=True))
+        paused = wait_for(lambda: (r := flow_run(pending)).state.is_paused() and r, 120, "pause")
+        pid = int(str(paused.infrastructure_pid).rsplit(":", 1)[-1])
+        os.kill(pid, signal.SIGKILL)
+        assert final_state(pending, 120).name == "Crashed"
+        (crashed,) = wait_for(lambda: receiver.messages("recovery run Crashed"), 60, "Crashed")
+        assert f"/runs/flow-run/{pending}" in crashed["body"]["body"]
+
+        client_call(lambda c: pause_schedules(c, False))
+        silent = wait_for(lambda: receiver.messages("no diagnosis"), 90, "the dead-man's switch")
+        assert "No diagnosis of sandbox completed in the last 15s" in silent[0]["body"]["body"]
+    finally:
+        receiver.close()
+        client_call(lambda c: pause_schedules(c, True))
+
+        async def cleanup(client: Any) -> None:
+            for automation in await client.read_automations():
+                if automation.name.startswith("notify-sandbox-"):
+                    await client.delete_automation(automation.id)
+
+        client_call(cleanup)

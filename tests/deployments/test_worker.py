@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def worker(prefect_server: str, sandbox_env: dict[str, str], tmp_path: Path) -> Iterator[None]:
+def worker(prefect_server: str, sandbox_env: dict[str, str], tmp_path: Path) -> Iterator[Path]:
     env = {**os.environ, **sandbox_env, "PREFECT_API_URL": prefect_server}
     assert run(env, sys.executable, "-m", "deployments", "setup").returncode == 0
     deploy = run(env, sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name",
@@ -33,7 +34,7 @@ def worker(prefect_server: str, sandbox_env: dict[str, str], tmp_path: Path) -> 
          "--limit", "2"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
-    yield
+    yield tmp_path / "worker.log"
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(30)
@@ -42,24 +43,85 @@ def worker(prefect_server: str, sandbox_env: dict[str, str], tmp_path: Path) -> 
     log.close()
 
 
-def test_ui_style_run_completes_through_the_worker(worker: None, healed: SandboxProcess) -> None:
+def start_diagnosis() -> Any:
     from prefect import get_client
-    from prefect.artifacts import Artifact
 
-    async def start() -> Any:
+    async def go() -> Any:
         async with get_client() as client:
             deployment = await client.read_deployment_by_name(
                 "diagnose-service-health/diagnose-sandbox"
             )
             return await client.create_flow_run_from_deployment(deployment.id)
 
-    flow_run = asyncio.run(start())
+    return asyncio.run(go())
+
+
+def final_state(run_id: Any) -> Any:
+    from prefect import get_client
 
     async def state() -> Any:
         async with get_client() as client:
-            return (await client.read_flow_run(flow_run.id)).state
+            return (await client.read_flow_run(run_id)).state
 
-    final = wait_for(lambda: (s := asyncio.run(state())) and s.is_final() and s, 180, "the run")
+    return wait_for(lambda: (s := asyncio.run(state())) and s.is_final() and s, 180, "the run")
+
+
+def test_ui_style_run_completes_through_the_worker(worker: Path, healed: SandboxProcess) -> None:
+    from prefect.artifacts import Artifact
+
+    flow_run = start_diagnosis()
+    final = final_state(flow_run.id)
     assert final.name == "Healthy", final
     artifact: Any = asyncio.run(Artifact.aget("diagnosis-sandbox"))
     assert artifact is not None and artifact.flow_run_id == flow_run.id
+
+
+def test_a_critical_diagnosis_ends_cleanly_in_the_worker(
+    worker: Path, healed: SandboxProcess
+) -> None:
+    """Critical is the run's verdict, not a crash: no traceback, exit 0, state as ever."""
+    from prefect.artifacts import Artifact
+
+    healed.client.fault("ecs-tasks-crashed", all=True)
+    wait_for(lambda: healed.client.status()["services"]["hokusai-registry"]["running"] == 0,
+             15, "crash")  # fmt: skip
+    flow_run = start_diagnosis()
+    final = final_state(flow_run.id)
+    assert final.name == "Critical" and final.is_failed(), final
+    assert (final.message or "").startswith("sandbox: critical - "), final.message
+    artifact: Any = asyncio.run(Artifact.aget("diagnosis-sandbox"))
+    assert artifact is not None and artifact.flow_run_id == flow_run.id
+    # The Logs tab tells the story: one line per check, the verdict with its reasons.
+    lines = run_logs(flow_run.id)
+    assert any(line.startswith("Check api_connectivity: unhealthy - ") for line in lines), lines
+    assert any(line.startswith("Verdict for sandbox: critical - ") for line in lines), lines
+    # The worker logs the end of the run's process once it is reaped (under the name the
+    # run had when it was submitted: the only run this worker ran).
+    assert flow_run_named(flow_run.id).startswith("diagnose-sandbox-")
+    wait_for(lambda: re.search(r"Process for flow run '.*' exited", worker.read_text()), 60,
+             "the worker to reap the run")  # fmt: skip
+    log = worker.read_text()
+    assert re.search(r"Process for flow run '.*' exited cleanly", log), log[-3000:]
+    assert "Traceback" not in log and "Unexpected result" not in log, log[-3000:]
+
+
+def flow_run_named(run_id: Any) -> str:
+    from prefect import get_client
+
+    async def go() -> str:
+        async with get_client() as client:
+            return str((await client.read_flow_run(run_id)).name)
+
+    return asyncio.run(go())
+
+
+def run_logs(run_id: Any) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def go() -> list[str]:
+        async with get_client() as client:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        return [log.message for log in logs]
+
+    return asyncio.run(go())

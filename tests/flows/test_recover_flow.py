@@ -228,3 +228,29 @@ def test_aws_throttling_is_ridden_out_without_a_double_deployment(
     assert state.name == "Recovered", result.message
     healed.client.heal("aws-throttling")
     assert deployments_started(healed, REGISTRY) == before + 1
+
+
+def test_an_approved_plan_is_applied_only_while_it_still_holds() -> None:
+    """Pure: what the Resume form shows, and when the re-derived plan differs from it."""
+    from datetime import UTC, datetime
+
+    from service_health.approval import approval_description, plan_changed
+    from service_health.models import Verdict
+    from service_health.recovery import RecoveryPlan, RecoveryStep, StepKind
+
+    restart = RecoveryStep(number=1, kind=StepKind.FORCE_DEPLOYMENT, reason="0/2 running",
+                           service=REGISTRY, expected_deployment_id="d1")  # fmt: skip
+    plan = RecoveryPlan(target="sandbox", created_at="", diagnosis_timestamp="",
+                        verdict=Verdict.CRITICAL, steps=[restart], cooldown_s=0,
+                        max_restarts=2)  # fmt: skip
+    form = approval_description(plan, datetime(2026, 12, 1, 23, 0, tzinfo=UTC))
+    assert f"1. **Force a new deployment ({REGISTRY})**: 0/2 running" in form
+    assert "2026-12-01 23:00:00 UTC" in form
+    # Another deployment became primary meanwhile: still the restart that was approved.
+    moved = restart.model_copy(update={"expected_deployment_id": "d2"})
+    assert plan_changed(plan, plan.model_copy(update={"steps": [moved]})) is None
+    # A different service now: not what was approved.
+    other = restart.model_copy(update={"service": MLFLOW})
+    why = plan_changed(plan, plan.model_copy(update={"steps": [other]}))
+    assert why is not None and f"Force a new deployment ({MLFLOW})" in why
+    assert plan_changed(plan, plan.model_copy(update={"steps": []})) is not None
