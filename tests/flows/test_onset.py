@@ -100,6 +100,7 @@ class Prober:
 
 def diagnose_env(**params: Any) -> DiagnosticReport:
     """A diagnosis of the target the environment alone describes (target "env")."""
+
     async def go() -> Any:
         return await diagnose_service_health(target="env", return_state=True, **params)
 
