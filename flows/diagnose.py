@@ -73,11 +73,19 @@ async def run_checks(target: Target, deadline_s: float) -> dict[str, CheckResult
         return results
 
 
+TOP_FINDINGS = 3
+MESSAGE_CHARS = 600
+
+
 def final_state(report: DiagnosticReport) -> State[Any]:
     verdict = report.overall_status
     message = f"{report.target}: {verdict.value}"
-    if report.critical_issues:
-        message += f" - {report.critical_issues[0]}"
+    # The top findings, critical first: the message is what a notification carries.
+    top = (report.critical_issues + report.warnings)[:TOP_FINDINGS]
+    if top:
+        message += " - " + "; ".join(top)
+    if len(message) > MESSAGE_CHARS:
+        message = message[: MESSAGE_CHARS - 1] + "…"
     if verdict is Verdict.CRITICAL:
         return Failed(name=verdict.state_name, message=message, data=report)
     return Completed(name=verdict.state_name, message=message, data=report)

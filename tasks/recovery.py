@@ -23,6 +23,7 @@ Retries, and why each one is safe:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from prefect import Task, task
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
@@ -677,6 +679,37 @@ class _Waiter:
         return True, ""
 
 
+class _Progress:
+    """A Prefect progress artifact for a wait (the run's Artifacts tab shows how far it
+    is). A courtesy: a server that cannot take it must never fail the wait."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.id: Any = None
+        self.shown = 0.0
+
+    async def start(self, slug: str, action: str) -> None:
+        with contextlib.suppress(Exception):
+            self.id = await acreate_progress_artifact(
+                progress=0.0,
+                key=f"recovery-{action.replace('_', '-')}-{slug}",
+                description=self.description,
+            )
+
+    async def advance(self, percent: float) -> None:
+        percent = min(100.0, percent)
+        if self.id is None or percent - self.shown < 5:
+            return  # a few updates, not one per poll
+        self.shown = percent
+        with contextlib.suppress(Exception):
+            await aupdate_progress_artifact(self.id, percent)
+
+    async def finish(self) -> None:
+        if self.id is not None:  # done is 100 %, however early
+            with contextlib.suppress(Exception):
+                await aupdate_progress_artifact(self.id, 100.0)
+
+
 async def _wait(
     target: Target,
     services: Sequence[str],
@@ -690,7 +723,8 @@ async def _wait(
     waiter = _Waiter(target, services)
     subject = ", ".join(services) or "API /health"
 
-    def done(status: EntryStatus, text: str, **data: Any) -> ActionResult:
+    async def done(status: EntryStatus, text: str, **data: Any) -> ActionResult:
+        await progress.finish()
         elapsed = round(time.monotonic() - started, 2)
         entry = _entry(action, status, text, subject, elapsed_s=elapsed, **data)
         return ActionResult(
@@ -700,9 +734,11 @@ async def _wait(
             data={"elapsed_s": elapsed, **data},
         )
 
+    progress = _Progress(f"{action} of {target.name}: {subject} (at most {timeout_s:g} s)")
     problem = await waiter.clients()
     if problem is not None:
-        return done(EntryStatus.FAILED, f"Cannot wait for {subject}: {problem}")
+        return await done(EntryStatus.FAILED, f"Cannot wait for {subject}: {problem}")
+    await progress.start(target.slug, action)
     delay = POLL_INITIAL_S
     streak = 0
     polls = 0
@@ -711,9 +747,10 @@ async def _wait(
     async with _http_client() as client:
         while True:
             polls += 1
+            await progress.advance(100 * (time.monotonic() - started) / timeout_s)
             ready = await waiter.infrastructure_stable(check_targets)
             if waiter.gone:
-                return done(
+                return await done(
                     EntryStatus.FAILED,
                     f"Not stable: {waiter.gone}; it will not stabilise by waiting",
                     polls=polls,
@@ -748,7 +785,7 @@ async def _wait(
                     parts.append(
                         f"{consecutive} consecutive healthy /health answers ({', '.join(statuses)})"
                     )
-                return done(
+                return await done(
                     EntryStatus.SUCCESS,
                     f"Stable after {elapsed:.1f} s: {'; '.join(parts)}",
                     polls=polls,
@@ -764,7 +801,7 @@ async def _wait(
                         f"/health: {streak} of {consecutive} consecutive healthy answers "
                         f"(last: {last_health})"
                     )
-                return done(
+                return await done(
                     EntryStatus.FAILED,
                     f"Not stable after {timeout_s:g} s: {'; '.join(parts)}",
                     polls=polls,

@@ -108,6 +108,12 @@ def test_stuck_breaker_dry_run_changes_nothing_then_recovery_resets_it(
     assert set(breaker_states(healed).values()) == {"CLOSED"}
     assert deployments_started(healed, REGISTRY) == started  # a reset needs no restart
     assert healed.info["api_key"] not in run.stdout + run.stderr + out.read_text()
+    # The stabilisation wait showed its progress, and ended at 100 %.
+    from prefect.artifacts import Artifact
+
+    progress = asyncio.run(Artifact.aget("recovery-wait-for-stabilization-sandbox"))
+    assert progress is not None and progress.type == "progress", progress
+    assert float(progress.data) == 100.0  # type: ignore[arg-type]
 
 
 def test_stuck_on_one_replica_resets_only_that_one(
