@@ -28,15 +28,19 @@ def _missing(exc: ServerBinaryMissing) -> None:
     pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+def _cluster(factory: pytest.TempPathFactory, name: str, password: str) -> Iterator[PostgresServer]:
     try:
-        server = PostgresServer(tmp_path_factory.mktemp("pg") / "data", password="pg-test-pw")
+        server = PostgresServer(factory.mktemp(name) / "data", password=password)
     except ServerBinaryMissing as exc:
         _missing(exc)
     server.start()
     yield server
     server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    yield from _cluster(tmp_path_factory, "pg", "pg-test-pw")
 
 
 @pytest.fixture(scope="session")
@@ -118,15 +122,7 @@ def converged(sandbox: SandboxProcess) -> bool:
 @pytest.fixture(scope="session")
 def prefect_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """The Prefect server's own PostgreSQL cluster (tests may stop the other one)."""
-    try:
-        server = PostgresServer(
-            tmp_path_factory.mktemp("prefect-pg") / "data", password="prefect-test-pw"
-        )
-    except ServerBinaryMissing as exc:
-        _missing(exc)
-    server.start()
-    yield server
-    server.remove()
+    yield from _cluster(tmp_path_factory, "prefect-pg", "prefect-test-pw")
 
 
 @pytest.fixture(scope="session")

@@ -241,6 +241,17 @@ def test_mlflow_down_from_the_environment_alone_is_degraded(
     assert any("hokusai-mlflow-tg" in w for w in report.warnings), report.warnings
 
 
+def sampled(sandbox: SandboxProcess) -> tuple[DiagnosticReport, int, str]:
+    """A diagnosis of the environment's target: the report, the /health/mlflow requests
+    all replicas received, and what the sample count rested on."""
+    sandbox.client.reset_request_counts()
+    report = diagnose_env(deadline_seconds=DEADLINE_S)
+    stats = sandbox.client.request_stats().values()
+    sent = sum(s["counts"].get("GET /health/mlflow", 0) for s in stats)
+    basis = report.checks["health_endpoints"].details["request_discipline"]["sample_basis"]
+    return report, sent, str(basis)
+
+
 def test_one_sample_without_evidence_of_more_replicas(
     legacy: SandboxProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,24 +260,14 @@ def test_one_sample_without_evidence_of_more_replicas(
     for name in ("ECS_CLUSTER", "ECS_SERVICES", "MLFLOW_ECS_SERVICE", "TARGET_GROUPS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REPLICA_DISCOVERY", "sample")
-    legacy.client.reset_request_counts()
-    report = diagnose_env(deadline_seconds=DEADLINE_S)
-    sent = sum(
-        s["counts"].get("GET /health/mlflow", 0) for s in legacy.client.request_stats().values()
-    )
+    report, sent, basis = sampled(legacy)
     assert sent == 1, legacy.client.request_counts()
-    discipline = report.checks["health_endpoints"].details["request_discipline"]
-    assert "no evidence of more than one replica" in discipline["sample_basis"]
+    assert "no evidence of more than one replica" in basis
     assert report.checks["circuit_breaker"].partial
 
     monkeypatch.setenv("ECS_CLUSTER", legacy.info["ecs_cluster"])
     monkeypatch.setenv("ECS_SERVICES", ",".join(legacy.info["ecs_services"]))
     monkeypatch.setenv("MLFLOW_ECS_SERVICE", legacy.info["mlflow_ecs_service"])
-    legacy.client.reset_request_counts()
-    report = diagnose_env(deadline_seconds=DEADLINE_S)
-    sent = sum(
-        s["counts"].get("GET /health/mlflow", 0) for s in legacy.client.request_stats().values()
-    )
+    _, sent, basis = sampled(legacy)
     assert sent == 2, legacy.client.request_counts()
-    discipline = report.checks["health_endpoints"].details["request_discipline"]
-    assert discipline["sample_basis"].endswith(": 2; 2 samples"), discipline["sample_basis"]
+    assert basis.endswith(": 2; 2 samples"), basis
