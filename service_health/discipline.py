@@ -17,6 +17,8 @@ These rules are pure; tasks.evidence applies them to the requests it sends.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, Field
 
 from service_health.endpoints import (
@@ -91,15 +93,16 @@ def database_failing_in(obs: HttpObservation) -> str | None:
     return None
 
 
-def halt_reason(obs: HttpObservation, blocking_s: float) -> str | None:
+def halt_reason(obs: HttpObservation, blocking_s: float, slow_s: float = math.inf) -> str | None:
     """Why no further MLflow-touching request should go where `obs` came from, or None.
 
     `obs` is the answer to an MLflow-touching request (or to the light read that precedes
     them); `blocking_s` is how long an answer may take before it counts as having held the
-    replica. A timeout or no answer halts; so does a slow answer, worded by what it shows
-    (MLflow calls admitted and failing, the database check failing). A fast answer halts
-    nothing, failing or not: it held nothing, and the budget bounds what reaches the
-    breaker.
+    replica. A timeout or no answer halts; so does an answer slower than `blocking_s` that
+    shows MLflow calls admitted and failing or the database check failing, and any answer
+    slower than `slow_s` (a busy machine delays healthy answers by a second or so: that is
+    no reason to stop). A fast answer halts nothing, failing or not: it held nothing, and
+    the budget bounds what reaches the breaker.
     """
     label = obs.label
     if obs.error_kind is ErrorKind.TIMEOUT:
@@ -122,6 +125,8 @@ def halt_reason(obs: HttpObservation, blocking_s: float) -> str | None:
             f"{took} ({database}): each further database-touching request would hold the "
             "replica on the service's database retries"
         )
+    if obs.elapsed_ms <= slow_s * 1000:
+        return None
     return f"{took}: each further MLflow-touching request could hold the replica as long"
 
 

@@ -224,7 +224,7 @@ class Evidence:
                     timeout_s=min(thresholds.mlflow_request_timeout_s, remaining),
                     replica=ch.replica,
                 )
-                ch.halted = halt_reason(obs, thresholds.blocking_s)
+                ch.halted = halt_reason(obs, thresholds.blocking_s, thresholds.slow_response_s)
         self.touching.append(obs)
         return obs
 

@@ -248,6 +248,9 @@ class _EndpointJudge:
                 else f"{obs.label} took {seconds(obs.elapsed_ms)}"
             )
             causes = stall_causes(obs, self.log) or [("", "")]
+            slow = obs.elapsed_ms is not None and obs.elapsed_ms > self.slow_s * 1000
+            if causes[0][0] == "" and obs.answered and not slow:
+                continue  # a little slow, nothing failing: a busy machine, not a stall
             key = " and ".join(component for component, _ in causes)
             by_cause.setdefault(key, []).append(took)
             labels.setdefault(key, []).append(obs.label)

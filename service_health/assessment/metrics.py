@@ -16,6 +16,8 @@ def assess_metrics(obs: HttpObservation | None) -> CheckResult:
     b = ResultBuilder(CheckName.SERVICE_METRICS)
     if obs is None:
         return CheckResult.skipped(b.name, "metrics were not fetched")
+    if not obs.sent:
+        return CheckResult.skipped(b.name, f"{obs.label} not sent: {obs.error}")
     b.cite(obs.label)
     b.details["status_code"] = obs.status_code
     if not obs.answered:

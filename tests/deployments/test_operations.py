@@ -216,20 +216,28 @@ def test_operators_are_notified_through_prefect_automations(
     the session's Prefect server sends each message to a real receiver on loopback."""
     from urllib.parse import urlsplit
 
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock, MattermostWebhook
     from prefect.flow_runs import resume_flow_run
 
     from tests.deployments.receiver import Receiver
 
-    receiver = Receiver()
+    receiver, slack_receiver = Receiver(), Receiver()
     try:
         CustomWebhookNotificationBlock(
             name="hokusai", url=f"{receiver.url}/hook",
             json_data={"subject": "{{subject}}", "body": "{{body}}"},
         ).save("hokusai-test-hook", overwrite=True)  # fmt: skip
+        # A Slack-compatible incoming webhook (Mattermost's: POST /hooks/<token>, {"text"}):
+        # SlackWebhook itself accepts only hooks.slack.com addresses.
+        slack_port = int(slack_receiver.url.rsplit(":", 1)[1])
+        MattermostWebhook(
+            hostname="127.0.0.1", port=slack_port, token="slack-compatible-test", secure=False
+        ).save("hokusai-test-slack", overwrite=True)
         targets = yaml.safe_load((ROOT / "targets.yaml").read_text())
         targets["notifications"] = {"sandbox": {
-            "blocks": ["custom-webhook/hokusai-test-hook"],
+            "blocks": [
+                "custom-webhook/hokusai-test-hook", "mattermost-webhook/hokusai-test-slack"
+            ],
             "events": ["critical", "approval", "recovery", "crashed"],
         }}  # fmt: skip
         path = tmp_path / "targets.yaml"
@@ -255,6 +263,8 @@ def test_operators_are_notified_through_prefect_automations(
         # The top findings, not only the first: every registry task crashed shows twice.
         assert critical["body"]["body"].count("; ") >= 1, critical["body"]["body"]
         assert f"/runs/flow-run/{diagnosis}" in critical["body"]["body"]
+        slack = wait_for(lambda: slack_receiver.messages("sandbox: critical"), 60, "Slack")
+        assert "sandbox: critical - " in slack[0]["body"]["text"], slack[0]
 
         (pending,) = wait_for(
             lambda: [r for r in runs_of(RECOVER)
@@ -292,6 +302,7 @@ def test_operators_are_notified_through_prefect_automations(
         print(f"\nnotification figures: {figures}")
     finally:
         receiver.close()
+        slack_receiver.close()
 
         async def cleanup(client: Any) -> None:
             for automation in await client.read_automations():
