@@ -166,7 +166,10 @@ class PostgresServer(_ChildServer):
         pwfile.chmod(0o600)
         if self.run_as:
             shutil.chown(pwfile, self.run_as, self.run_as)
+        # UTF-8, as any production cluster: a SQL_ASCII one refuses non-ASCII \u escapes in
+        # jsonb (Prefect's event store lost every event carrying one).
         argv = [str(self.bin / "initdb"), "-D", str(self.data_dir), "-U", self.user]
+        argv += ["--encoding=UTF8", "--locale=C"]
         argv += ["-A", "scram-sha-256" if self.password else "trust"]
         argv += [f"--pwfile={pwfile}", "--no-sync", "--no-instructions"]
         subprocess.run(
