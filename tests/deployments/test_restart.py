@@ -141,11 +141,12 @@ def test_a_paused_recovery_survives_a_server_restart(
     assert any("Approval answered: approved (after the restart)" in line for line in lines)
     # The audit trail in the event feed: one event per mutating call, the approval, the end.
     # Events reach the feed a moment after the run's end: await the last one.
-    names = wait_for(
-        lambda: (n := event_names(server, pending)) and "hokusai.recovery.finished" in n and n,
+    wait_for(
+        lambda: "hokusai.recovery.finished" in event_names(server, pending),
         30,
         "the recovery's events in the feed",
     )
+    names = event_names(server, pending)
     assert names.count("hokusai.recovery.force_deployment.success") == 1, names
     assert "hokusai.recovery.approval-requested" in names and "hokusai.recovery.finished" in names
     # The worker lost the server for a while (its event subscriber says so); the run did not.
