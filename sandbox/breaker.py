@@ -82,13 +82,7 @@ class BreakerConfig:
         base = defaults or cls()
 
         def number(var: str, current: float, kind: type[int] | type[float]) -> Any:
-            raw = env.get(var, "").strip()
-            if not raw:
-                return current
-            try:
-                return kind(raw)
-            except ValueError:
-                raise ValueError(f"{var} must be a {kind.__name__}, got {raw!r}") from None
+            return env_number(env, var, current, kind)
 
         return cls(
             failure_threshold=number(ENV_FAILURE_THRESHOLD, base.failure_threshold, int),
@@ -98,6 +92,19 @@ class BreakerConfig:
                 ENV_MAX_RECOVERY_ATTEMPTS, base.max_recovery_attempts, int
             ),
         )
+
+
+def env_number(
+    env: Mapping[str, str], var: str, current: float, kind: type[int] | type[float]
+) -> Any:
+    """`var` from `env` as `kind`; unset or empty keeps `current`; a clear error otherwise."""
+    raw = env.get(var, "").strip()
+    if not raw:
+        return current
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{var} must be a {kind.__name__}, got {raw!r}") from None
 
 
 class CircuitOpenError(RuntimeError):

@@ -22,11 +22,9 @@ import math
 from pydantic import BaseModel, Field
 
 from service_health.endpoints import (
-    HEALTH,
     HEALTH_DETAILED,
     HEALTH_MLFLOW,
     HEALTH_STATUS,
-    LIVE,
     METRICS,
     READY,
 )
@@ -34,7 +32,6 @@ from service_health.models import BreakerState
 from service_health.observations import ErrorKind, HttpObservation
 from service_health.parsing import parse_metrics, parse_mlflow_health, parse_ready
 
-LIGHT = (LIVE, HEALTH)
 # Each calls MLflow through the breaker (and the three readiness views the database too):
 # /health/mlflow once, /ready and /health/status twice, /metrics and the detailed /health
 # once. Priority order: one MLflow call that tells the breaker's state comes first.
@@ -135,7 +132,6 @@ class RequestLog(BaseModel):
     that attributes a stall (the direct probes of the database and MLflow)."""
 
     touching: list[HttpObservation] = Field(default_factory=list)  # sent or not
-    halted: dict[str, str] = Field(default_factory=dict)  # replica -> why it was left alone
     database_failing: str | None = None  # e.g. "direct PostgreSQL probe: connection refused"
     mlflow_failing: str | None = None  # e.g. "direct MLflow probe: connection refused"
 

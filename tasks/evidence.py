@@ -439,10 +439,7 @@ class Evidence:
     async def request_log(self) -> RequestLog:
         """The MLflow-touching exchanges so far, and what the direct probes say of the
         database and MLflow (to attribute a stall to the right one)."""
-        log = RequestLog(
-            touching=list(self.touching),
-            halted={ch.name: ch.halted for ch in self._channels() if ch.halted},
-        )
+        log = RequestLog(touching=list(self.touching))
         db = await self.postgres()
         if db is not None and db.error:
             log.database_failing = f"direct PostgreSQL probe: {db.error}"

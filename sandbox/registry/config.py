@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sandbox.breaker import BreakerConfig
+from sandbox.breaker import BreakerConfig, env_number
 
 
 class Flavor(StrEnum):
@@ -90,13 +90,7 @@ class LegacyRetryBudget:
         base = cls()
 
         def number(var: str, current: float, kind: type[int] | type[float]) -> Any:
-            raw = env.get(var, "").strip()
-            if not raw:
-                return current
-            try:
-                return kind(raw)
-            except ValueError:
-                raise ValueError(f"{var} must be a {kind.__name__}, got {raw!r}") from None
+            return env_number(env, var, current, kind)
 
         return cls(
             mlflow_attempts=number(ENV_MLFLOW_ATTEMPTS, base.mlflow_attempts, int),

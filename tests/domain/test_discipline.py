@@ -149,7 +149,7 @@ def test_a_silent_answer_is_blamed_on_the_other_evidence_or_on_nothing() -> None
 def test_onset_of_an_mlflow_outage_is_degraded_with_the_blocked_loop_named() -> None:
     stall = onset_mlflow()
     unsent = HttpObservation.not_sent("http://10.0.1.5:8000/ready", "halted", R1)
-    log = RequestLog(touching=[stall, unsent], halted={R1: "MLflow failing"})
+    log = RequestLog(touching=[stall, unsent])
     endpoints = legacy(_health_mlflow=stall, _ready=unsent)
     result = assess_health_endpoints(endpoints, 5.0, log, 1.0)
     assert result.status == "degraded"

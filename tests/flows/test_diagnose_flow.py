@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def diagnose(**params: Any) -> tuple[Any, DiagnosticReport]:
+    params = {"target": "sandbox", **params}
+
     async def go() -> Any:
-        return await diagnose_service_health(target="sandbox", return_state=True, **params)
+        return await diagnose_service_health(return_state=True, **params)
 
     state = asyncio.run(go())
     report = state.result(raise_on_failure=False)

@@ -11,7 +11,6 @@ each diagnosis sent to each replica.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
@@ -22,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.diagnose import diagnose_service_health
 from sandbox.client import SandboxProcess
 from sandbox.registry.config import LegacyRetryBudget
 from sandbox.statefiles import env_lines
@@ -100,14 +98,7 @@ class Prober:
 
 def diagnose_env(**params: Any) -> DiagnosticReport:
     """A diagnosis of the target the environment alone describes (target "env")."""
-
-    async def go() -> Any:
-        return await diagnose_service_health(target="env", return_state=True, **params)
-
-    state = asyncio.run(go())
-    report = state.result(raise_on_failure=False)
-    assert isinstance(report, DiagnosticReport), state
-    return report
+    return diagnose(target="env", **params)[1]
 
 
 def replicas(sandbox: SandboxProcess) -> list[str]:

@@ -33,6 +33,7 @@ from service_health.models import DiagnosticReport, Finding
 from service_health.recovery import RecoveryResult
 from tests.conftest import _require_binaries
 from tests.domain.test_mlflow_refusals import AUTH_MSG, HOST_MSG
+from tests.flows.test_diagnose_flow import diagnose
 from tests.helpers import breaker_open_everywhere, wait_for
 
 MLFLOW_MISSING = [m for m in ("mlflow", "flask_wtf") if find_spec(m) is None]
@@ -151,18 +152,6 @@ def real(
 @pytest.fixture
 def refusing(world: tuple[SandboxProcess, RefusingMlflow]) -> RefusingMlflow:
     return world[1]
-
-
-def diagnose(**params: Any) -> tuple[Any, DiagnosticReport]:
-    from flows.diagnose import diagnose_service_health
-
-    async def go() -> Any:
-        return await diagnose_service_health(target="sandbox", return_state=True, **params)
-
-    state = asyncio.run(go())
-    report = state.result(raise_on_failure=False)
-    assert isinstance(report, DiagnosticReport), state
-    return state, report
 
 
 def recover(**params: Any) -> tuple[Any, RecoveryResult]:
