@@ -23,8 +23,8 @@ import psycopg
 import redis
 from botocore.config import Config
 
-from service_health.endpoints import ENDPOINTS
-from tasks.evidence import AUTHENTICATED
+# The seed's scripts import no Prefect: neither does this (tests/bench checks it).
+from service_health.endpoints import AUTHENTICATED, ENDPOINTS
 
 
 @dataclass

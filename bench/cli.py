@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "recovery": ("bench.recovery", "bench_recovery", "3. time to recover"),
     "fleet": ("bench.fleet", "bench_fleet", "4. fleet of 1, 10, 50 targets"),
     "cost": ("bench.cost", "bench_cost", "5. Prefect overhead per task, peak RSS"),
+    "cli": ("bench.command", "bench_command", "6. the diagnose command against the seed's"),
 }
 
 

@@ -8,11 +8,13 @@ target, reported to the benchmark's Prefect server, and the seed-style sequentia
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import yaml
 from prefect import flow
 
 import flows.diagnose as diagnose_module
@@ -21,7 +23,7 @@ from bench.environment import REGISTRY, BenchEnv, RunOptions, wait_until
 from bench.harness import BenchResult, ratio, say, stopwatch
 from flows.diagnose import CHECKS, diagnose_service_health
 from service_health.models import CheckName, DiagnosticReport
-from tasks.config import load_target, with_secrets
+from tasks.config import load_target, read_targets, with_secrets
 from tasks.evidence import Evidence
 
 TARGET = "sandbox"
@@ -30,6 +32,8 @@ LATENCY_COMPONENTS = ("registry", "mlflow")
 LATENCY_BASELINE_TIMEOUT_S = 10.0
 HUNG_DEADLINE_S = 10.0
 HUNG_BASELINE_TIMEOUT_S = 10.0
+PATIENT = "sandbox-patient"
+PATIENT_TIMEOUT_S = 60.0
 TOP_LEVEL_CHECKS = {
     CheckName.API_CONNECTIVITY,
     CheckName.HEALTH_ENDPOINTS,
@@ -83,12 +87,14 @@ async def single_checks(target: str = TARGET) -> dict[str, float]:
     return seconds
 
 
-def run_diagnosis(deadline_s: float | None = None) -> tuple[float, float, Any]:
+def run_diagnosis(
+    deadline_s: float | None = None, target: str = TARGET
+) -> tuple[float, float, Any]:
     """(whole flow run s, check phase s, final state) of one diagnose flow run."""
 
     async def go() -> Any:
         return await diagnose_service_health(
-            target=TARGET, deadline_seconds=deadline_s, return_state=True
+            target=target, deadline_seconds=deadline_s, return_state=True
         )
 
     with check_phase_timer() as phases, stopwatch() as total:
@@ -201,8 +207,40 @@ def bench_hung(env: BenchEnv, options: RunOptions) -> list[BenchResult]:
         "every run finishes within the deadline + 2 s", "over_deadline_s", "<=", 2.0, stat="max"
     )
     result.goal("every report complete", "report_complete", ">=", 1.0, stat="min")
+    result.figure(
+        "patient_diagnosis_s",
+        "s",
+        f"the same, per-request timeouts {PATIENT_TIMEOUT_S:g} s: only the deadline bounds it",
+    )
+    result.figure("patient_over_deadline_s", "s", "patient_diagnosis_s - deadline")
+    result.figure("patient_timed_out_checks", "count", "checks cut by the deadline")
+    result.figure("patient_report_complete", "bool", "1 when the report has every check")
+    result.goal(
+        "per-request timeouts past the deadline: every run within the deadline + 2 s",
+        "patient_over_deadline_s",
+        "<=",
+        2.0,
+        stat="max",
+    )
+    result.goal(
+        "per-request timeouts past the deadline: every report complete",
+        "patient_report_complete",
+        ">=",
+        1.0,
+        stat="min",
+    )
     env.heal()
     verdicts: list[str] = []
+    # A target whose requests may each take longer than the whole deadline (an operator's
+    # patient setting for a slow service): the deadline, not a request timeout, ends it.
+    patient = read_targets()[TARGET].model_dump(mode="json", exclude_unset=True)
+    patient["thresholds"] = {
+        **patient.get("thresholds", {}),
+        "request_timeout_s": PATIENT_TIMEOUT_S,
+        "mlflow_request_timeout_s": PATIENT_TIMEOUT_S,
+    }
+    targets_file = env.work / "hung-targets.yaml"
+    targets_file.write_text(yaml.safe_dump({"targets": {PATIENT: patient}}))
     try:
         env.client.fault("registry-hung")
         # The steady state of a hung service: the ALB has marked every target unhealthy
@@ -222,6 +260,21 @@ def bench_hung(env: BenchEnv, options: RunOptions) -> list[BenchResult]:
             result.add("sequential_failures", seq.failures)
             result.add("speedup_x", ratio(seq.total_s, flow_s))
             say(f"  flow {flow_s:.2f} s ({state.name}), sequential {seq.total_s:.2f} s")
+            previous = os.environ.get("HOKUSAI_TARGETS_FILE")
+            os.environ["HOKUSAI_TARGETS_FILE"] = str(targets_file)
+            try:
+                flow_s, _, state = run_diagnosis(HUNG_DEADLINE_S, target=PATIENT)
+            finally:
+                if previous is None:
+                    os.environ.pop("HOKUSAI_TARGETS_FILE", None)
+                else:
+                    os.environ["HOKUSAI_TARGETS_FILE"] = previous
+            report = state.result(raise_on_failure=False)
+            result.add("patient_diagnosis_s", flow_s)
+            result.add("patient_over_deadline_s", flow_s - HUNG_DEADLINE_S)
+            result.add("patient_timed_out_checks", timed_out_checks(report))
+            result.add("patient_report_complete", 1.0 if report_complete(report) else 0.0)
+            say(f"  patient timeouts: flow {flow_s:.2f} s ({state.name})")
     finally:
         env.heal()
     result.note(f"final states: {', '.join(sorted(set(verdicts)))}")

@@ -1,18 +1,24 @@
-"""Benchmark 4: one `diagnose-fleet` run over 1, 10 and 50 targets, through a worker.
+"""Benchmark 4: one `diagnose-fleet` run over 1, 10 and 50 targets, through a worker; then
+the 50 through 2 and 4 workers of the same pool (the fleet run's `shards`).
 
 The fleet flow is deployed (through the API) on a process work pool of its own, one
 `prefect worker` serves it, and each fleet run is created through the API as the UI
 would. The targets are names in a targets file (HOKUSAI_TARGETS_FILE) that all point at the
 sandbox, as the fleet test does; each is diagnosed as a subflow of the fleet run (no
-`diagnose-<target>` deployments exist), at most `max_concurrency` (8) at a time.
+`diagnose-<target>` deployments exist), at most `max_concurrency` (8) at a time. With
+more workers, the run splits the targets into as many shares: it keeps one and starts a
+run of its own deployment per other share, which the other workers (one run at a time
+each) pick up; every target must come back diagnosed once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -33,6 +39,7 @@ DEPLOYMENT = "bench-fleet"
 FLOW = "diagnose-fleet"
 SIZES = (1, 10, 50)
 QUICK_SIZES = (1, 10)
+WORKER_COUNTS = (2, 4)
 CHECK_TASKS = 11  # task runs of one diagnosis (flows/diagnose.CHECKS)
 RUN_TIMEOUT_S = 900.0
 
@@ -46,17 +53,18 @@ def write_targets(env: BenchEnv, path: Path, count: int) -> list[str]:
     return names
 
 
-async def _deploy() -> UUID:
+async def deploy_fleet(pool: str = POOL, name: str = DEPLOYMENT) -> UUID:
+    """A `diagnose-fleet` deployment from this checkout on the process work pool `pool`."""
     async with get_client() as client:
         try:
-            await client.read_work_pool(POOL)
+            await client.read_work_pool(pool)
         except ObjectNotFound:
-            await client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
         flow_id = await client.create_flow_from_name(FLOW)
         return await client.create_deployment(
             flow_id=flow_id,
-            name=DEPLOYMENT,
-            work_pool_name=POOL,
+            name=name,
+            work_pool_name=pool,
             entrypoint="flows/fleet.py:diagnose_fleet",
             path=str(ROOT),
             pull_steps=[
@@ -93,12 +101,12 @@ async def _settled_task_count(fleet_run_id: UUID, expected: int, timeout_s: floa
         await asyncio.sleep(0.2)
 
 
-async def _fleet_run(deployment_id: UUID, targets: list[str]) -> dict[str, Any]:
+async def _fleet_run(deployment_id: UUID, targets: list[str], shards: int = 1) -> dict[str, Any]:
     async with get_client() as client:
         started = time.perf_counter()
         run = await client.create_flow_run_from_deployment(
             deployment_id,
-            parameters={"targets": targets, "use_deployments": False},
+            parameters={"targets": targets, "use_deployments": False, "shards": shards},
         )
         while True:
             current = await client.read_flow_run(run.id)
@@ -113,12 +121,44 @@ async def _fleet_run(deployment_id: UUID, targets: list[str]) -> dict[str, Any]:
     run_s = None
     if current.start_time is not None and current.end_time is not None:
         run_s = (current.end_time - current.start_time).total_seconds()
+    spread = await _spread(current) if shards > 1 else {}
     return {
         "end_to_end_s": end_to_end,
         "run_s": run_s,
         "state": current.state.name,
         "tasks": tasks,
+        **spread,
     }
+
+
+async def _spread(run: Any) -> dict[str, Any]:
+    """Which workers ran the fleet run and its shard runs, and whether its table has every
+    target once, each with a verdict."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    async with get_client() as client:
+        children = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+            )
+        )
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                key=ArtifactFilterKey(any_=["fleet-diagnosis"]),
+            )
+        )
+    shard_runs = [c for c in children if c.deployment_id == run.deployment_id]
+    workers = {r.labels.get("prefect.worker.name") for r in [run, *shard_runs]} - {None}
+    data = artifacts[0].data if artifacts else None
+    rows = json.loads(data) if isinstance(data, str) else (data or [])
+    return {"workers": len(workers), "shard_runs": len(shard_runs), "rows": rows}
 
 
 def profile_in_process(env: BenchEnv, targets_file: Path, targets: list[str], out: Path) -> str:
@@ -181,11 +221,22 @@ def bench_fleet(env: BenchEnv, options: RunOptions) -> list[BenchResult]:
     result.figure(f"ratio_{big}_to_1", "x", f"e2e_{big}_s / e2e_1_s, per repetition")
     result.figure(f"run_ratio_{big}_to_1", "x", f"run_{big}_s / run_1_s, per repetition")
     result.goal(f"{big} targets in at most 5x the time of one", f"ratio_{big}_to_1", "<=", 5.0)
+    for k in WORKER_COUNTS:
+        result.figure(f"e2e_{big}_w{k}_s", "s", f"{big} targets through {k} workers (shards)")
+        result.figure(f"ratio_{big}_w{k}_to_1", "x", f"e2e_{big}_w{k}_s / e2e_1_s")
+        result.figure(f"workers_used_w{k}", "count", f"workers that ran the {k} runs")
+        result.figure(
+            f"each_target_once_w{k}", "bool", "1 when every target has one row with a verdict"
+        )
+        result.goal(
+            f"{k} workers: every target diagnosed once", f"each_target_once_w{k}", ">=", 1.0,
+            stat="min",
+        )  # fmt: skip
 
     env.heal()
     targets_file = env.work / "fleet-targets.yaml"
     names = write_targets(env, targets_file, big)
-    deployment_id = asyncio.run(_deploy())
+    deployment_id = asyncio.run(deploy_fleet())
     worker_env = {
         **env.flow_env(),
         "HOKUSAI_TARGETS_FILE": str(targets_file),
@@ -200,6 +251,8 @@ def bench_fleet(env: BenchEnv, options: RunOptions) -> list[BenchResult]:
     argv += ["--type", "process", "--limit", "1"]
     worker = env.spawn(argv, "fleet-worker.log", worker_env, inherit=False)
     states: set[str] = set()
+    ones: list[float] = []  # e2e_1_s of each repetition: the base of every ratio
+    extra: list[Any] = []
     try:
         wait_until(lambda: asyncio.run(_workers()) > 0, 120, "the worker to register")
         for rep in range(options.reps(2)):
@@ -233,9 +286,43 @@ def bench_fleet(env: BenchEnv, options: RunOptions) -> list[BenchResult]:
                     + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
                 )
             result.add(f"ratio_{big}_to_1", ratio(e2e[big], e2e[1]))
+            ones.append(e2e[1])
             if big in runs and 1 in runs:
                 result.add(f"run_ratio_{big}_to_1", ratio(runs[big], runs[1]))
+        # More workers on the same pool (each one run at a time): the extra ones join only
+        # now, so that the single-worker figures above are one worker's.
+        for k in WORKER_COUNTS:
+            while len(extra) + 1 < k:
+                extra.append(
+                    env.spawn(
+                        [*argv, "--name", f"bench-worker-{len(extra) + 2}"],
+                        f"fleet-worker-{len(extra) + 2}.log",
+                        worker_env,
+                        inherit=False,
+                    )
+                )
+            wait_until(lambda k=k: asyncio.run(_workers()) >= k, 120, f"{k} workers")  # type: ignore[misc]
+            for rep in range(options.reps(2)):
+                say(f"fleet: repetition {rep + 1}, {big} targets through {k} workers")
+                outcome = asyncio.run(_fleet_run(deployment_id, names[:big], shards=k))
+                states.add(str(outcome["state"]))
+                seconds = outcome["end_to_end_s"]
+                result.add(f"e2e_{big}_w{k}_s", seconds)
+                result.add(f"ratio_{big}_w{k}_to_1", ratio(seconds, ones[rep % len(ones)]))
+                result.add(f"workers_used_w{k}", outcome["workers"])
+                rows = outcome["rows"]
+                once = Counter(r.get("target") for r in rows) == Counter(names[:big]) and all(
+                    r.get("verdict") != "No verdict" for r in rows
+                )
+                result.add(f"each_target_once_w{k}", 1.0 if once else 0.0)
+                say(
+                    f"  {outcome['state']}: {seconds:.2f} s end to end, "
+                    f"{outcome['shard_runs']} shard runs on {outcome['workers']} workers, "
+                    f"{len(rows)} rows, each target once: {once}"
+                )
     finally:
+        for proc in extra:
+            env.release(proc)
         env.release(worker)
     if options.profile_dir is not None:
         say(f"fleet: profiling one in-process fleet run of {big} targets (not counted)")

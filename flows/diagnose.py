@@ -8,17 +8,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
+from flows import publishing
 from flows.naming import diagnose_run_name
-from service_health.assessment import build_report
+from flows.standdown import automation_notes
+from service_health.assessment import build_diagnostic_report
 from service_health.log_lines import check_lines, verdict_line
 from service_health.models import CheckResult, DiagnosticReport, Verdict
-from service_health.redaction import Redactor
-from service_health.rendering import checks_table, report_markdown
+from service_health.redaction import Redactor, redact_url
+from service_health.rendering import checks_table, diagnosis_markdown
 from service_health.settings import ConfigError, Target
-from tasks import checks
+from tasks import checks, events
 from tasks.config import load_target, with_secrets
 from tasks.deadline import TimedOut, gather_by_deadline
 from tasks.evidence import Evidence
@@ -87,8 +88,8 @@ def final_state(report: DiagnosticReport) -> State[Any]:
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 1] + "…"
     if verdict is Verdict.CRITICAL:
-        return Failed(name=verdict.state_name, message=message, data=report)
-    return Completed(name=verdict.state_name, message=message, data=report)
+        return publishing.failed(verdict.state_name, message, report)
+    return publishing.completed(verdict.state_name, message, report)
 
 
 @flow(name="diagnose-service-health", flow_run_name=diagnose_run_name)
@@ -99,6 +100,7 @@ async def diagnose_service_health(
     aws_region: str | None = None,
     deadline_seconds: float | None = None,
     slow_response_seconds: float | None = None,
+    follow_up_of: str | None = None,
 ) -> State[Any]:
     """Check every component of the service and give a verdict: healthy, degraded, critical.
 
@@ -109,6 +111,8 @@ async def diagnose_service_health(
         aws_region: Override the target's AWS region.
         deadline_seconds: Deadline for the whole check phase (default 30 s).
         slow_response_seconds: API response time above which a warning is raised (default 5 s).
+        follow_up_of: Set by a recovery that ended Recovered (its flow-run id): this run is
+            its relapse check, and a verdict other than healthy marks it relapsed.
     """
     logger = get_run_logger()
     started_at = datetime.now(UTC)
@@ -122,26 +126,28 @@ async def diagnose_service_health(
     except ConfigError as exc:
         # One clean line, no traceback; the command line maps it to exit code 64.
         logger.error("Configuration error: %s", exc)
-        return Failed(name="Config error", message=f"configuration error: {exc}", data=exc)
+        return publishing.failed("Config error", f"configuration error: {exc}", exc)
     resolved = resolved.model_copy(update={"thresholds": thresholds})
-    logger.info("Diagnosing %s at %s", resolved.name, resolved.api_url)
+    logger.info("Diagnosing %s at %s", resolved.name, redact_url(resolved.api_url))
 
     results = await run_checks(resolved, thresholds.deadline_s)
-    report = build_report(resolved.name, results, started_at, time.perf_counter() - started)
+    report = build_diagnostic_report(
+        resolved.name, results, started_at, time.perf_counter() - started
+    )
     redactor = Redactor(resolved.secret_values())
     report = DiagnosticReport.model_validate(redactor.obj(report.model_dump(mode="json")))
+    # A freeze or relapse hold of automated recovery, and the relapse check this run may be.
+    report = await automation_notes(resolved, report, redactor, follow_up_of)
 
     key = f"diagnosis-{resolved.slug}"
-    await acreate_markdown_artifact(
-        key=key, markdown=report_markdown(report), description=f"Diagnosis of {resolved.name}"
-    )
-    await acreate_table_artifact(
-        key=f"{key}-checks", table=checks_table(report), description=f"Checks of {resolved.name}"
-    )
+    await publishing.markdown(key, diagnosis_markdown(report), f"Diagnosis of {resolved.name}")
+    await publishing.table(f"{key}-checks", checks_table(report), f"Checks of {resolved.name}")
     # The Logs tab tells the story: each check with its main finding, then the verdict's
     # reasons (the report was redacted above; the lines are redacted again as built).
     for line in check_lines(report):
         logger.info("%s", redactor.text(line))
     verdict = logger.warning if report.overall_status is not Verdict.HEALTHY else logger.info
     verdict("%s", redactor.text(verdict_line(report)))
+    # The report (redacted above) for a recovery this verdict starts: it may plan from it.
+    events.diagnosis_finished(resolved.slug, report)
     return final_state(report)

@@ -9,32 +9,33 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    acreate_link_artifact,
-    acreate_markdown_artifact,
-    acreate_progress_artifact,
-    acreate_table_artifact,
-    aupdate_progress_artifact,
-)
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout, MissingContextError
 from prefect.flow_runs import NotPausedError, apause_flow_run, aresume_flow_run
 from prefect.input import RunInput
 from prefect.logging import get_logger
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import State
 from prefect.utilities.urls import url_for
 from pydantic import Field
 
+from flows import publishing
 from flows.diagnose import run_checks
 from flows.naming import recover_run_name
-from service_health.approval import approval_description, approval_entry, plan_changed
-from service_health.assessment import build_report
+from flows.standdown import StandDownGuard
+from service_health.approval import (
+    approval_description,
+    approval_entry,
+    plan_changed,
+    rollback_approval,
+)
+from service_health.assessment import build_diagnostic_report
 from service_health.log_lines import verdict_line
 from service_health.models import DiagnosticReport
-from service_health.planning import DEFAULT_COOLDOWN_S, DEFAULT_MAX_RESTARTS, plan_recovery
+from service_health.planning import plan_recovery
 from service_health.recovery import (
-    PASSIVE_KINDS,
-    ActionResult,
+    AnyActionResult,
+    Effect,
     EntryStatus,
     RecoveryLogEntry,
     RecoveryPlan,
@@ -52,15 +53,33 @@ from service_health.recovery_rendering import (
     recovery_markdown,
 )
 from service_health.redaction import Redactor
-from service_health.settings import ConfigError, Target
+from service_health.settings import (
+    COOLDOWN_S,
+    MAX_RESTARTS,
+    STABILIZATION_TIMEOUT_S,
+    ConfigError,
+    Target,
+)
+from service_health.standdown import (
+    DEFAULT_BUDGET_ALL_TARGETS,
+    DEFAULT_BUDGET_PER_TARGET,
+    DEFAULT_FLAP_THRESHOLD,
+    DEFAULT_FLAP_WINDOW_S,
+    DEFAULT_RELAPSE_DELAY_S,
+    apply_stand_down,
+)
+from service_health.trigger import trigger_report
 from tasks import events
 from tasks.config import load_target, with_secrets
 from tasks.locking import TargetLock
-from tasks.recovery import execute_step, read_recovery_history
+from tasks.recovery import ActionContext, execute_step, read_recovery_history
+from tasks.recovery.early import EarlyVerification
+from tasks.trigger_report import WAIT_S, read_trigger_event
 
 TIMED_OUT = "approval timed out"
 CALLED = (EntryStatus.SUCCESS, EntryStatus.FAILED)  # a mutating call was made
 PAUSE_GRACE_S = 300  # Prefect's own pause timeout, beyond ours, never reached first
+TRIGGER_MAX_AGE_S = 60.0  # how old a triggering diagnosis' report may be to plan from
 
 
 # After approval the run takes the target's lock again; another recovery may be applying
@@ -86,7 +105,7 @@ async def diagnose(target: Target) -> DiagnosticReport:
     diagnosis to the automation that reacts to Critical ones)."""
     started_at, started = datetime.now(UTC), time.perf_counter()
     checks = await run_checks(target, target.thresholds.deadline_s)
-    return build_report(target.name, checks, started_at, time.perf_counter() - started)
+    return build_diagnostic_report(target.name, checks, started_at, time.perf_counter() - started)
 
 
 async def apply(
@@ -94,25 +113,34 @@ async def apply(
     target: Target,
     stabilization_timeout_s: float,
     redactor: Redactor | None = None,
-) -> list[ActionResult]:
-    logger = run_logger()
+) -> list[AnyActionResult]:
     redactor = redactor or Redactor(target.secret_values())
-    results: dict[int, ActionResult] = {}
+    early = EarlyVerification(lambda: diagnose(target))
+    context = ActionContext(target, stabilization_timeout_s, verify=lambda: diagnose(target),
+                            early=early)  # fmt: skip
+    try:
+        return await _apply_steps(plan, context, redactor)
+    finally:
+        await early.close()
+
+
+async def _apply_steps(
+    plan: RecoveryPlan, context: ActionContext, redactor: Redactor
+) -> list[AnyActionResult]:
+    logger, target = run_logger(), context.target
+    results: dict[int, AnyActionResult] = {}
     for step in plan.steps:
         ready = prepare_step(step, plan, results)
         if isinstance(ready, str):
             results[step.number] = blocked_result(step, ready)
             logger.warning("Step %d not run: %s: %s", step.number, step.title, ready)
             continue
-        if step.kind not in PASSIVE_KINDS:  # an escalation or a skip only writes its entry
+        if not step.kind.passive:  # an escalation or a skip only writes its entry
             logger.info("Step %d starts: %s", step.number, redactor.text(step.title))
-        results[step.number] = result = await execute_step(
-            ready,
-            target,
-            target.api_key,
-            stabilization_timeout_s=stabilization_timeout_s,
-            verify=lambda: diagnose(target),
-        )
+        if step.kind.effect in (Effect.MUTATING, Effect.WAITING) and context.early is not None:
+            # A diagnosis taken before this step cannot verify what follows it.
+            context.early.discard()
+        results[step.number] = result = await execute_step(ready, context)
         for entry in result.entries:
             log = logger.info if entry.ok or str(entry.status) == "escalated" else logger.warning
             log("Step %d %s: %s", step.number, entry.status, redactor.text(entry.details))
@@ -214,22 +242,23 @@ async def ask_approval(
     return result
 
 
-async def publish(result: RecoveryResult, slug: str, redactor: Redactor) -> None:
-    await acreate_markdown_artifact(
-        key=f"recovery-{slug}",
-        markdown=redactor.text(recovery_markdown(result)),
-        description=f"Recovery of {result.target}",
-    )
-    await acreate_table_artifact(
-        key=f"recovery-{slug}-log",
-        table=redactor.obj(log_table(result.recovery_log)),
-        description=f"Recovery log of {result.target}",
+async def publish(result: RecoveryResult, slug: str) -> None:
+    await asyncio.gather(
+        publishing.markdown(
+            f"recovery-{slug}", recovery_markdown(result), f"Recovery of {result.target}"
+        ),
+        publishing.table(
+            f"recovery-{slug}-log",
+            log_table(result.recovery_log),
+            f"Recovery log of {result.target}",
+        ),
     )
 
 
 def final_state(result: RecoveryResult) -> State[Any]:
-    state = Failed if result.outcome.is_failure else Completed
-    return state(name=result.outcome.state_name, message=result.message, data=result)
+    """Message and data (the plan, the log, the final report) redacted, as every state."""
+    ending = publishing.failed if result.outcome.is_failure else publishing.completed
+    return ending(result.outcome.state_name, result.message, result)
 
 
 @flow(name="recover-service", flow_run_name=recover_run_name)
@@ -238,14 +267,20 @@ async def recover_service(
     dry_run: bool = True,
     require_approval: bool = False,
     approval_timeout_seconds: int = 3600,
-    cooldown_seconds: float = DEFAULT_COOLDOWN_S,
-    max_restarts: int = DEFAULT_MAX_RESTARTS,
-    stabilization_timeout_seconds: float = 300.0,
+    cooldown_seconds: float = COOLDOWN_S,
+    max_restarts: int = MAX_RESTARTS,
+    stabilization_timeout_seconds: float = STABILIZATION_TIMEOUT_S,
     lock_timeout_seconds: float = 900.0,
     approval_poll_seconds: int = 5,
     api_url: str | None = None,
     aws_region: str | None = None,
     triggered_by: str | None = None,
+    budget_per_target: int = DEFAULT_BUDGET_PER_TARGET,
+    budget_all_targets: int = DEFAULT_BUDGET_ALL_TARGETS,
+    flap_threshold: int = DEFAULT_FLAP_THRESHOLD,
+    flap_window_seconds: float = DEFAULT_FLAP_WINDOW_S,
+    relapse_check_delay_seconds: float | None = DEFAULT_RELAPSE_DELAY_S,
+    plan_from_trigger_max_age_seconds: float = TRIGGER_MAX_AGE_S,
 ) -> State[Any]:
     """Recover the service: diagnose, plan by fixed rules, then apply (or only show the plan).
 
@@ -264,7 +299,24 @@ async def recover_service(
         api_url: Override the target's API URL.
         aws_region: Override the target's AWS region.
         triggered_by: Set by the automation: the event resource of the diagnosis run that
-            started this recovery (prefect.flow-run.<id>); the run links to it.
+            started this recovery (prefect.flow-run.<id>); the run links to it. A run
+            with it is automatic remediation: the budget, the flap guard and the relapse
+            hold apply to it (a freeze applies to every run).
+        budget_per_target: Automatic recoveries that may mutate this target per rolling
+            hour; one more ends Skipped ("budget exhausted: escalate").
+        budget_all_targets: The same, all targets together.
+        flap_threshold: This many automatic recoveries of the target ending Failed or
+            Partially recovered within flap_window_seconds stand automation down until an
+            operator re-enables it (0 turns the guard off).
+        flap_window_seconds: The flap guard's window.
+        relapse_check_delay_seconds: After Recovered, the target's diagnosis deployment runs
+            once this much later; not healthy marks the recovery relapsed and automatic
+            recoveries need approval until cleared. Empty: no relapse check.
+        plan_from_trigger_max_age_seconds: A run with triggered_by plans from the report of
+            that diagnosis (its event), without diagnosing again, when the report is this
+            target's, critical or degraded, and at most this old; otherwise it diagnoses
+            afresh and logs why. 0 turns it off. After an approval the plan is always made
+            from a fresh diagnosis, and the verification always is one.
     """
     logger = get_run_logger()
     started_at, started = datetime.now(UTC), time.perf_counter()
@@ -274,34 +326,54 @@ async def recover_service(
         )
     except ConfigError as exc:
         logger.error("Configuration error: %s", exc)
-        return Failed(name="Config error", message=f"configuration error: {exc}", data=exc)
+        return publishing.failed("Config error", f"configuration error: {exc}", exc)
     redactor = Redactor(resolved.secret_values())
+    guard = StandDownGuard(resolved, redactor, automatic=triggered_by is not None,
+                           budget_per_target=budget_per_target,
+                           budget_all_targets=budget_all_targets, flap_threshold=flap_threshold,
+                           flap_window_s=flap_window_seconds)  # fmt: skip
+    publications: list[asyncio.Future[Any]] = []
+    # The triggering diagnosis' report is looked for while the lock is taken.
+    trigger: asyncio.Future[DiagnosticReport | None] | None = None
     if triggered_by:
-        await link_trigger(triggered_by, resolved.slug)
+        publications.append(asyncio.ensure_future(link_trigger(triggered_by, resolved.slug)))
+        if not (api_url or aws_region):  # the run looks elsewhere than the diagnosis did
+            trigger = asyncio.ensure_future(
+                planning_report(triggered_by, resolved, plan_from_trigger_max_age_seconds)
+            )
 
-    async def make_plan() -> tuple[DiagnosticReport, RecoveryPlan]:
-        report = await diagnose(resolved)
+    async def published() -> None:
+        while publications:
+            await publications.pop(0)
+
+    async def make_plan(
+        given: asyncio.Future[DiagnosticReport | None] | None = None,
+    ) -> tuple[DiagnosticReport, RecoveryPlan]:
+        # ECS's history does not depend on the report: read while the diagnosis runs.
+        history_read = asyncio.ensure_future(read_recovery_history(resolved))
+        try:
+            report = (await given if given is not None else None) or await diagnose(resolved)
+        finally:
+            history = await history_read
         log_verdict(report, redactor)
-        history = await read_recovery_history(resolved)
         plan = plan_recovery(report, resolved, history, cooldown_s=cooldown_seconds,
                              max_restarts=max_restarts)  # fmt: skip
-        await acreate_markdown_artifact(
-            key=f"recovery-plan-{resolved.slug}",
-            markdown=redactor.text(plan_markdown(plan)),
-            description=f"Recovery plan for {resolved.name}",
-        )
-        await acreate_table_artifact(
-            key=f"recovery-plan-{resolved.slug}-steps", table=redactor.obj(plan_table(plan))
-        )
+        # Published while the guards are read and the plan applied (the log lines below
+        # tell the plan first); awaited before an approval is asked and by the run's end.
+        publications.append(asyncio.ensure_future(asyncio.gather(
+            publishing.markdown(f"recovery-plan-{resolved.slug}", plan_markdown(plan),
+                                f"Recovery plan for {resolved.name}"),
+            publishing.table(f"recovery-plan-{resolved.slug}-steps", plan_table(plan)),
+        )))  # fmt: skip
         for step in plan.steps:
             logger.info("Planned step %d: %s: %s", step.number, redactor.text(step.title),
                         redactor.text(step.reason))  # fmt: skip
         return report, plan
 
     async def plan_and_apply(lock: TargetLock) -> RecoveryResult:
-        report, plan = await make_plan()
+        report, plan = await make_plan(trigger)
 
-        def done(results: list[ActionResult], **kw: Any) -> RecoveryResult:
+        def done(results: list[AnyActionResult], **kw: Any) -> RecoveryResult:
             return build_result(plan, results, started_at=started_at,
                                 duration_s=time.perf_counter() - started,
                                 configuration_problems=report.configuration_problems(),
@@ -311,8 +383,17 @@ async def recover_service(
             return done([], dry_run=dry_run, final_report=report)
         if dry_run:
             return done([], dry_run=True, extra_entries=dry_run_entries(plan))
+        # -- standing down (flows/standdown.py): freeze, flap guard, budget, relapse hold --
+        if (stop := await guard.check(plan, take_budget=False)) is not None:
+            return apply_stand_down(done([], dry_run=False, rejected=True), stop)
         approved: list[RecoveryLogEntry] = []
-        if require_approval and plan.mutates:
+        # A rollback is a release decision: an operator approves it, unless the target
+        # explicitly allows automatic rollback.
+        if (asked := rollback_approval(plan, resolved.allow_automatic_rollback)) is not None:
+            guard.entries.append(asked)
+            logger.info("%s", redactor.text(asked.details))
+        if (require_approval or guard.approval_required or asked) and plan.mutates:
+            await published()  # the operator reads the plan there
             answer = await ask_approval(
                 plan, approval_timeout_seconds, approval_poll_seconds, lock, redactor
             )
@@ -337,29 +418,50 @@ async def recover_service(
                 logger.warning("Not applied: %s", redactor.text(changed))
                 return done([], dry_run=False, rejected=True,
                             extra_entries=[*approved, rejection_entry(changed)])  # fmt: skip
+        # -- standing down, again right before the first mutating call (a budget slot taken) --
+        # Without an approval wait, the first check's reads are a moment old: not read again.
+        if (stop := await guard.check(plan, take_budget=True, reread=bool(approved))) is not None:
+            stopped = apply_stand_down(done([], dry_run=False, rejected=True), stop)
+            return with_first(stopped, approved)
         results = await apply(plan, resolved, stabilization_timeout_seconds, redactor)
         return with_first(done(results, dry_run=False), approved)
 
     context = FlowRunContext.get()
     run_id = context.flow_run.id if context is not None and context.flow_run else None
-    async with TargetLock(resolved.slug, run_id) as lock:
-        if not dry_run:  # a dry run mutates nothing: no need to wait for other runs
-            try:
-                await lock.acquire(lock_timeout_seconds)
-                waiting = await lock.waiting_holder()
-            except TimeoutError:
-                # Another recovery is in charge (applying or waiting for stabilisation):
-                # this one stands aside rather than queueing behind it.
-                message = (f"another recovery of {resolved.name} is in progress (it held the "
-                           f"lock for {lock_timeout_seconds:g}s): nothing done")  # fmt: skip
-                return skipped(resolved, message)
-            if waiting is not None:
-                message = (f"recovery {waiting.name!r} of {resolved.name} is waiting for "
-                           "approval: nothing done")  # fmt: skip
-                return skipped(resolved, message)
-            await lock.claim()
-        result = await plan_and_apply(lock)
-    await publish(result, resolved.slug, redactor)
+
+    async def locked() -> RecoveryResult | State[Any]:
+        async with TargetLock(resolved.slug, run_id) as lock:
+            if not dry_run:  # a dry run mutates nothing: no need to wait for other runs
+                try:
+                    await lock.acquire(lock_timeout_seconds)
+                    waiting = await lock.waiting_holder()
+                except TimeoutError:
+                    # Another recovery is in charge (applying or waiting for stabilisation):
+                    # this one stands aside rather than queueing behind it.
+                    message = (f"another recovery of {resolved.name} is in progress (it "
+                               f"held the lock for {lock_timeout_seconds:g}s): nothing "
+                               "done")  # fmt: skip
+                    return skipped(resolved, message)
+                if waiting is not None:
+                    message = (f"recovery {waiting.name!r} of {resolved.name} is waiting for "
+                               "approval: nothing done")  # fmt: skip
+                    return skipped(resolved, message)
+                await lock.claim()
+            return await plan_and_apply(lock)
+
+    try:
+        result = await locked()
+    finally:
+        # What was started meanwhile ends with the run, whichever way it ended.
+        await published()
+        if trigger is not None:
+            await trigger
+    if isinstance(result, State):
+        return result
+    # -- the relapse check after Recovered; why approval was asked heads the log --
+    result = await guard.follow_up(with_first(result, guard.entries), run_id,
+                                   relapse_check_delay_seconds)  # fmt: skip
+    await publish(result, resolved.slug)
     logger.info("Recovery of %s: %s - %s", resolved.name, result.outcome.state_name,
                 redactor.text(result.message))  # fmt: skip
     safe = RecoveryResult.model_validate(redactor.obj(result.model_dump(mode="json")))
@@ -368,22 +470,47 @@ async def recover_service(
     return final_state(result)
 
 
+async def planning_report(
+    triggered_by: str, target: Target, max_age_s: float
+) -> DiagnosticReport | None:
+    """The triggering diagnosis' report to plan from, or None (diagnose afresh; the log
+    says why)."""
+    logger = get_run_logger()
+    if max_age_s <= 0:
+        return None
+    try:
+        payload = await read_trigger_event(triggered_by, max_age_s)
+    except Exception as exc:  # the event feed is a shortcut: never a reason to fail
+        logger.info("Diagnosing afresh: the triggering diagnosis' event is unreadable (%s)",
+                    type(exc).__name__)  # fmt: skip
+        return None
+    if payload is None:
+        logger.info("Diagnosing afresh: no report of the triggering diagnosis in the event "
+                    "feed within %g s", WAIT_S)  # fmt: skip
+        return None
+    found = trigger_report(payload, target.name, datetime.now(UTC), max_age_s)
+    if isinstance(found, str):
+        logger.info("Diagnosing afresh, not from the triggering diagnosis: %s", found)
+        return None
+    logger.info("The triggering diagnosis' report of %s is recent enough to plan from "
+                "(at most %g s old)", found.timestamp, max_age_s)  # fmt: skip
+    return found
+
+
 async def link_trigger(resource: str, slug: str) -> None:
     """A link artifact to the diagnosis run that started this recovery."""
     run_id = resource.removeprefix("prefect.flow-run.")
     get_run_logger().info("Started by the diagnosis run %s", run_id)
     link = url_for("flow-run", obj_id=run_id) or resource
-    await acreate_link_artifact(
-        key=f"recovery-{slug}-trigger", link=link, link_text=f"diagnosis {run_id}",
-        description="The diagnosis run whose verdict started this recovery",
-    )  # fmt: skip
+    await publishing.link(f"recovery-{slug}-trigger", link, f"diagnosis {run_id}",
+                          "The diagnosis run whose verdict started this recovery")  # fmt: skip
 
 
 def skipped(target: Target, message: str) -> State[Any]:
     """Another recovery is in charge: stand aside, doing nothing, and say so."""
     get_run_logger().warning(message)
     events.recovery_finished(target.slug, target.name, None, "Skipped", message, False)
-    return Cancelled(name="Skipped", message=message)
+    return publishing.cancelled("Skipped", message)
 
 
 def with_first(result: RecoveryResult, entries: list[RecoveryLogEntry]) -> RecoveryResult:

@@ -9,50 +9,29 @@ skipped in a read-only run.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
+from flows import publishing
 from service_health.contract import (
-    MUTATING_TESTS,
-    READ_ONLY_TESTS,
+    READ_ONLY,
+    RESET_PROBES,
     ContractReport,
     ContractTestResult,
-    build_report,
-    report_markdown,
+    build_contract_report,
+    contract_markdown,
     reset_probes_unsafe,
     tests_table,
 )
-from service_health.redaction import Redactor
+from service_health.redaction import Redactor, redact_url
 from service_health.settings import ConfigError, Target
-from tasks import contract as tests
 from tasks.config import load_target, with_secrets
+from tasks.contract import reset_probe, run_contract_test
 from tasks.deadline import TimedOut, gather_by_deadline
 from tasks.evidence import Evidence
-
-ReadOnlyTest = Callable[[Evidence], Coroutine[Any, Any, ContractTestResult]]
-MutatingTest = Callable[[str, float], Coroutine[Any, Any, ContractTestResult]]
-
-READ_ONLY: dict[str, ReadOnlyTest] = {
-    "basic_health": tests.basic_health,
-    "detailed_health": tests.detailed_health,
-    "readiness": tests.readiness,
-    "liveness": tests.liveness,
-    "mlflow_health": tests.mlflow_health,
-    "circuit_breaker_details": tests.circuit_breaker_details,
-    "service_status": tests.service_status,
-    "metrics": tests.metrics,
-    "graceful_degradation": tests.graceful_degradation,
-}
-MUTATING: dict[str, MutatingTest] = {
-    "reset_without_key_refused": tests.reset_without_key,
-    "reset_with_wrong_key_refused": tests.reset_with_wrong_key,
-}
-assert tuple(MUTATING) == MUTATING_TESTS and tuple(READ_ONLY) == READ_ONLY_TESTS
 
 
 def _failure(redactor: Redactor, exc: BaseException) -> str:
@@ -75,7 +54,7 @@ async def run_read_only_tests(
 
     async with Evidence(target, api_key, time.monotonic() + deadline_s) as ev:
         outcomes = await gather_by_deadline(
-            {name: test(ev) for name, test in READ_ONLY.items()}, deadline_s
+            {test.name: run_contract_test(test, ev) for test in READ_ONLY}, deadline_s
         )
         results: dict[str, ContractTestResult] = {}
         for name, outcome in outcomes.items():
@@ -97,22 +76,23 @@ async def run_mutating_tests(
     target: Target, read_only: bool, unsafe: str | None = None
 ) -> dict[str, ContractTestResult]:
     """The reset tests, one after the other; skipped (not passed) in a read-only run or
-    where `unsafe` says a reset could change the service."""
+    where `unsafe` says a reset could change the service. In a read-only run the probe's
+    client itself refuses the POST (tasks/contract.py), should it ever get that far."""
     if read_only or unsafe is not None:
         reason = (
             "read-only run: no POST /health/mlflow/reset sent"
             if read_only
             else f"not sent, to change nothing: {unsafe}"
         )
-        return {name: ContractTestResult.skipped(name, reason) for name in MUTATING}
+        return {p.name: ContractTestResult.skipped(p.name, reason) for p in RESET_PROBES}
     redactor = Redactor(target.secret_values())
     timeout_s = target.thresholds.request_timeout_s
     results: dict[str, ContractTestResult] = {}
-    for name, test in MUTATING.items():
+    for probe in RESET_PROBES:
         try:
-            results[name] = await test(target.api_url, timeout_s)
+            results[probe.name] = await reset_probe(probe, target.api_url, timeout_s, read_only)
         except Exception as exc:  # a test that raises is a failed test, never a crashed run
-            results[name] = ContractTestResult.errored(name, _failure(redactor, exc))
+            results[probe.name] = ContractTestResult.errored(probe.name, _failure(redactor, exc))
     return results
 
 
@@ -125,8 +105,8 @@ def final_state(report: ContractReport) -> State[Any]:
     if failed:
         message += f"; failed: {', '.join(failed)}"
     if report.all_passed:
-        return Completed(name=report.state_name, message=message, data=report)
-    return Failed(name=report.state_name, message=message, data=report)
+        return publishing.completed(report.state_name, message, report)
+    return publishing.failed(report.state_name, message, report)
 
 
 @flow(name="test-enhanced-health-checks")
@@ -158,18 +138,18 @@ async def verify_contract(
         # A clean one-line failure (no traceback in the run's logs); the command line maps
         # it to exit code 64.
         logger.error("Configuration error: %s", exc)
-        return Failed(name="Failed", message=f"configuration error: {exc}", data=exc)
+        return publishing.failed("Failed", f"configuration error: {exc}", exc)
     resolved = resolved.model_copy(update={"thresholds": thresholds})
     logger.info(
         "Contract tests of %s at %s%s",
         resolved.name,
-        resolved.api_url,
+        redact_url(resolved.api_url),
         " (read-only)" if read_only else "",
     )
 
     results, unsafe = await run_read_only_tests(resolved, thresholds.deadline_s)
     results.update(await run_mutating_tests(resolved, read_only, unsafe))
-    report = build_report(
+    report = build_contract_report(
         resolved.name,
         resolved.api_url,
         started_at.isoformat(),
@@ -181,15 +161,13 @@ async def verify_contract(
     report = ContractReport.model_validate(redactor.obj(report.model_dump(mode="json")))
 
     key = f"contract-{resolved.slug}"
-    await acreate_markdown_artifact(
-        key=key,
-        markdown=report_markdown(report),
-        description=f"Health contract tests of {resolved.name}",
+    await publishing.markdown(
+        key, contract_markdown(report), f"Health contract tests of {resolved.name}"
     )
-    await acreate_table_artifact(
-        key=f"{key}-tests",
-        table=tests_table(report),
-        description=f"Health contract tests of {resolved.name}, one row per test",
+    await publishing.table(
+        f"{key}-tests",
+        tests_table(report),
+        f"Health contract tests of {resolved.name}, one row per test",
     )
     for name, result in report.tests.items():
         if result.diff:

@@ -1,4 +1,5 @@
-"""A small circuit breaker with the semantics of the registry's MLflow breaker (DESIGN.md s.4).
+"""A small circuit breaker with the semantics of the registry's MLflow breaker
+(docs/health-contract.md).
 
 Why not a library: the maintained ones (pybreaker, aiobreaker, circuitbreaker, purgatory)
 model CLOSED -> OPEN -> HALF_OPEN, but none has the pieces the health contract is about:

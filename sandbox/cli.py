@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import statefiles
-from sandbox.faultnames import FAULTS, LATENCY_COMPONENTS
+from sandbox.faultnames import BAD_DEPLOY_MODES, FAULTS, LATENCY_COMPONENTS
 
 DEFAULT_STATE_DIR = Path(os.environ.get("SANDBOX_STATE_DIR", ".sandbox"))
 
@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("--all", action="store_true", help="ecs-tasks-crashed: every replica")
     fault.add_argument("--ms", type=int, help="latency: milliseconds to add")
     fault.add_argument("--component", choices=LATENCY_COMPONENTS, help="latency: where")
+    fault.add_argument(
+        "--mode", choices=BAD_DEPLOY_MODES, help="bad-deploy: how the new revision's tasks fail"
+    )
     control(fault)
 
     heal = sub.add_parser("heal", help="heal one fault, or all of them")
@@ -138,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     client = _client(args)
     try:
         if args.command == "fault":
-            result = client.fault(args.name, args.replica, args.all, args.ms, args.component)
+            result = client.fault(
+                args.name, args.replica, args.all, args.ms, args.component, args.mode
+            )
         elif args.command == "heal":
             result = {"healed": client.heal(args.name)}
         elif args.command == "requests":

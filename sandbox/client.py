@@ -39,8 +39,9 @@ class SandboxClient:
         all: bool = False,
         ms: int | None = None,
         component: str | None = None,
+        mode: str | None = None,
     ) -> dict[str, Any]:
-        body = {"replica": replica, "all": all, "ms": ms, "component": component}
+        body = {"replica": replica, "all": all, "ms": ms, "component": component, "mode": mode}
         result: dict[str, Any] = self._call("POST", f"/faults/{name}", body)
         return result
 

@@ -15,6 +15,7 @@ class FaultRequest(BaseModel):
     all: bool = False
     ms: int | None = None
     component: str | None = None
+    mode: str | None = None
 
 
 class HealRequest(BaseModel):
@@ -36,7 +37,12 @@ def create_control_app(sandbox: Sandbox, info: dict[str, Any]) -> FastAPI:
     async def inject(name: str, req: FaultRequest) -> dict[str, Any]:
         try:
             return await sandbox.inject(
-                name, replica=req.replica, everything=req.all, ms=req.ms, component=req.component
+                name,
+                replica=req.replica,
+                everything=req.all,
+                ms=req.ms,
+                component=req.component,
+                mode=req.mode,
             )
         except FaultError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc

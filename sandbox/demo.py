@@ -140,6 +140,7 @@ NOT_RECOVERABLE: dict[str, str] = {
     "mlflow-errors": "MLflow answering 500 survives a new MLflow deployment in the sandbox",
     "aws-throttling": "throttling is an AWS condition the recovery retries through, not a fault",
     "latency": "no restart removes added latency",
+    "bad-deploy": "a bad release needs a rollback to the last good revision, not a restart",
 }
 
 TITLES = {

@@ -1,15 +1,26 @@
 """The ECS simulation: each task of a service is a real local process.
 
 moto keeps ECS and ELB records but never runs anything. This module runs every task as
-a replica process on its own loopback address, probes each replica's health path the
-way an ALB target group does, rolls a forced new deployment by really starting new
-replicas and stopping the old ones, and writes what it sees back into moto (through
-`MotoBridge`) so that describe_services, describe_target_health and boto3's waiters
-report what is really running.
+a replica process on its own loopback address, with the environment of its task
+definition revision, probes each replica's health path the way an ALB target group does,
+rolls a new deployment (forced, or to another task definition revision) by really starting
+new replicas and stopping the old ones, and writes what it sees back into moto (through
+`MotoBridge`) so that describe_services, list_tasks/describe_tasks, describe_target_health
+and boto3's waiters report what is really running and what stopped, and why.
 
-Simplification, documented in the README: the scheduler does not replace a crashed task
-on its own (as when a replacement keeps failing to start); a forced new deployment or
-`heal` does.
+A rollout, as ECS's rolling update with minimumHealthyPercent 100 and the deployment
+circuit breaker on (rollback off): the old tasks keep serving until every new one is
+healthy. A new task whose process exits ("Essential container in task exited") or that
+answers its health checks with an error until its target is unhealthy ("Task failed ELB
+health checks in (target-group ...)", stopped by the scheduler) is a failed task of the
+deployment and is replaced; at the circuit breaker's threshold (half the desired count,
+at least 3, at most 200 failed tasks) the deployment's rollout is FAILED and no more of
+its tasks are started, the old ones still serving.
+
+Simplifications, documented in the README: a target still starting (its port refuses
+connections) stays `initial`, as within a health-check grace period; outside a rollout the
+scheduler neither replaces a crashed task nor stops an unhealthy one on its own; a forced
+new deployment or `heal` does.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import signal
 import uuid
@@ -31,7 +43,7 @@ import httpx
 from botocore.config import Config
 
 from sandbox.aws import AwsSandbox, Seeded, ServiceDef
-from sandbox.moto_bridge import DeploymentState, MotoBridge
+from sandbox.moto_bridge import DeploymentState, MotoBridge, TaskStop
 from sandbox.ports import free_port
 from sandbox.processes import die_with_parent
 
@@ -48,6 +60,23 @@ ENV_PROBE_TIMEOUT = "SANDBOX_HEALTH_CHECK_TIMEOUT_SECONDS"
 HEALTHY_THRESHOLD = 2
 UNHEALTHY_THRESHOLD = 2
 START_TIMEOUT_S = 60.0
+# ECS's deployment circuit breaker: a deployment fails after this many failed tasks.
+CIRCUIT_BREAKER_MIN, CIRCUIT_BREAKER_MAX = 3, 200
+ESSENTIAL_EXITED = "Essential container in task exited"
+CIRCUIT_BREAKER_REASON = "ECS deployment circuit breaker: tasks failed to start."
+
+
+def failure_threshold(desired: int) -> int:
+    """Failed tasks after which the circuit breaker fails a deployment (0.5 x desired)."""
+    return max(CIRCUIT_BREAKER_MIN, min(CIRCUIT_BREAKER_MAX, math.ceil(0.5 * desired)))
+
+
+def container_exit_code(returncode: int | None) -> int | None:
+    """A process's return code as a container runtime reports it (a signal N is 128 + N)."""
+    if returncode is None:
+        return None
+    return 128 - returncode if returncode < 0 else returncode
+
 
 Launcher = Callable[[str, int], list[str]]  # (host, port) -> argv
 
@@ -70,13 +99,18 @@ class Replica:
     host: str
     port: int
     deployment_id: str
+    task_definition: str  # the ARN of the revision this task runs
     proc: asyncio.subprocess.Process | None = None
     health: str = "initial"  # initial | healthy | unhealthy
     ok_streak: int = 0
     fail_streak: int = 0
     forced_unhealthy: bool = False
-    stalled: bool = False  # fails every health check (a bad deployment's task)
+    stalled: bool = False  # never answers a health check (the ecs-rollout-stalled fault)
     reason: str | None = None
+    answered: bool = False  # the last health check got an HTTP answer
+    ever_healthy: bool = False
+    recorded: bool = False  # moto has a task record for the current process
+    stopped: bool = False  # ...and it is marked STOPPED
 
     @property
     def alive(self) -> bool:
@@ -96,6 +130,9 @@ class ServiceRuntime:
     deployments: list[DeploymentState] = field(default_factory=list)
     force_unhealthy: bool = False
     stall_new: bool = False  # tasks started from now on fail their health checks
+    # New deployments noticed since start: ECS's events keep only the latest 100 messages,
+    # too few to count them over a long session.
+    deployments_started: int = 0
 
     @property
     def primary(self) -> DeploymentState:
@@ -154,7 +191,7 @@ class EcsSimulation:
                 )
             ]
             for _ in range(svc.spec.desired):
-                await self._launch(svc, deployment_id)
+                await self._launch(svc, svc.primary)
         self._loop_task = asyncio.create_task(self._run())
         await self.wait_until(self.converged, START_TIMEOUT_S)
 
@@ -197,8 +234,15 @@ class EcsSimulation:
             name: {
                 "desired": svc.spec.desired,
                 "running": sum(r.alive for r in svc.replicas),
+                "deployments_started": svc.deployments_started,
                 "deployments": [
-                    {"id": d.id, "status": d.status, "rollout_state": d.rollout_state}
+                    {
+                        "id": d.id,
+                        "status": d.status,
+                        "rollout_state": d.rollout_state,
+                        "task_definition": d.task_definition,
+                        "failed_tasks": d.failed_tasks,
+                    }
                     for d in svc.deployments
                 ],
                 "replicas": [
@@ -208,6 +252,7 @@ class EcsSimulation:
                         "alive": r.alive,
                         "health": "unhealthy" if r.forced_unhealthy else r.health,
                         "deployment_id": r.deployment_id,
+                        "task_definition": r.task_definition,
                     }
                     for r in svc.replicas
                 ],
@@ -231,10 +276,15 @@ class EcsSimulation:
         return [r.task_id for r in victims]
 
     async def restart_dead(self, service: str) -> None:
-        """Heal: start the dead replicas of the current deployment again in place."""
-        for r in self.services[service].replicas:
+        """Heal: start the dead replicas of the current deployment again in place (each a
+        new task, as ECS would start)."""
+        svc = self.services[service]
+        started = []
+        for r in svc.replicas:
             if not r.alive:
-                await self._spawn(self.services[service], r)
+                await self._spawn(svc, r)
+                started.append(r)
+        self._started_event(svc, started)
 
     def set_forced_unhealthy(self, service: str, on: bool) -> None:
         """Make the current replicas fail their health checks (new ones are not affected)."""
@@ -265,20 +315,30 @@ class EcsSimulation:
 
     async def _tick(self) -> None:
         for name, svc in self.services.items():
-            self._notice_forced_deployment(name, svc)
+            self._notice_new_deployment(name, svc)
         await asyncio.gather(
             *(self._probe(r) for svc in self.services.values() for r in svc.replicas)
         )
         for name, svc in self.services.items():
+            await self._reap(svc)
             await self._advance_rollout(svc)
             self._publish(name, svc)
         await self._publish_target_health()
 
-    def _notice_forced_deployment(self, name: str, svc: ServiceRuntime) -> None:
+    def _event(self, svc: ServiceRuntime, message: str) -> None:
+        self.bridge.add_service_event(self.cluster, svc.spec.name, message)
+
+    def _notice_new_deployment(self, name: str, svc: ServiceRuntime) -> None:
+        """A forced deployment or a new task definition revision shows as a new primary
+        deployment id in moto (update_service); start rolling it."""
         current = self.bridge.primary_deployment_id(self.cluster, name)
         if current == svc.primary.id:
             return
         now = datetime.now(UTC)
+        # A deployment left without a task (a failed one) is gone, as in ECS (INACTIVE).
+        svc.deployments = [
+            d for d in svc.deployments if any(r.deployment_id == d.id for r in svc.replicas)
+        ]
         for d in svc.deployments:
             d.status = "ACTIVE"
         desired = self.bridge.desired_count(self.cluster, name)
@@ -292,37 +352,128 @@ class EcsSimulation:
                 desired=desired,
                 running=0,
                 pending=desired,
-                task_definition=self.seeded.task_definition_arns[name],
+                task_definition=self.bridge.primary_task_definition(self.cluster, name),
                 created_at=now,
                 updated_at=now,
+                rollout_state_reason=f"ECS deployment {current} in progress.",
             ),
         )
-        self.bridge.add_service_event(
-            self.cluster, name, f"(service {name}) has started a new deployment {current}."
+        svc.deployments_started += 1
+        self._event(svc, f"(service {name}) has started a new deployment {current}.")
+        # Tasks are launched in the rollout step, so that a slow start never blocks probing.
+
+    async def _reap(self, svc: ServiceRuntime) -> None:
+        """Record the tasks whose process ended as STOPPED, and, during a rollout, stop the
+        new tasks that fail their health checks: both are failed tasks of the deployment."""
+        primary = svc.primary
+        tg = self.seeded.target_group_arns[svc.spec.name]
+        stopped: list[Replica] = []
+        for r in list(svc.replicas):
+            if r.proc is None or r.stopped:
+                continue
+            # The tasks of a deployment rolling out (or failed): the scheduler stops and
+            # counts them; elsewhere a dead task waits for heal or a new deployment.
+            rolling = r.deployment_id == primary.id and primary.rollout_state != "COMPLETED"
+            if not r.alive:
+                code = container_exit_code(r.proc.returncode)
+                self._record_stop(r, TaskStop("EssentialContainerExited", ESSENTIAL_EXITED, code))
+                if rolling:
+                    await self._deregister(svc, [r])
+                    svc.replicas.remove(r)
+                    self._task_failed(svc, primary)
+            elif rolling and r.health == "unhealthy" and not r.ever_healthy:
+                self._event(
+                    svc,
+                    f"(service {svc.spec.name}) (task {r.task_id}) (port {r.port}) is unhealthy "
+                    f"in (target-group {tg}) due to (reason {r.reason or 'Health checks failed'}).",
+                )
+                await self._deregister(svc, [r])
+                await self._terminate(r)
+                stop = TaskStop(
+                    "ServiceSchedulerInitiated",
+                    f"Task failed ELB health checks in (target-group {tg})",
+                    container_exit_code(r.proc.returncode),
+                )
+                self._record_stop(r, stop)
+                svc.replicas.remove(r)
+                stopped.append(r)
+                self._task_failed(svc, primary)
+        self._stopped_event(svc, stopped)
+
+    def _task_failed(self, svc: ServiceRuntime, deployment: DeploymentState) -> None:
+        deployment.failed_tasks += 1
+        deployment.updated_at = datetime.now(UTC)
+        if deployment.rollout_state != "IN_PROGRESS" or deployment.failed_tasks < failure_threshold(
+            deployment.desired
+        ):
+            return
+        deployment.rollout_state = "FAILED"
+        deployment.rollout_state_reason = CIRCUIT_BREAKER_REASON
+        # A failed deployment starts no more tasks; the older deployments keep serving.
+        svc.replicas = [
+            r for r in svc.replicas if not (r.deployment_id == deployment.id and r.proc is None)
+        ]
+        self._event(
+            svc,
+            f"(service {svc.spec.name}) (deployment {deployment.id}) deployment failed: "
+            "tasks failed to start.",
         )
-        # Launching happens in the rollout step so a slow start never blocks probing.
-        svc.replicas.extend(self._placeholder(svc, current) for _ in range(desired))
 
     async def _advance_rollout(self, svc: ServiceRuntime) -> None:
         primary = svc.primary
+        if primary.rollout_state == "IN_PROGRESS":
+            # Keep the deployment at its desired count: failed tasks are replaced.
+            missing = primary.desired - sum(r.deployment_id == primary.id for r in svc.replicas)
+            svc.replicas.extend(self._placeholder(svc, primary) for _ in range(missing))
+        started = []
         for r in svc.replicas:
             if r.deployment_id == primary.id and r.proc is None:
                 await self._spawn(svc, r)
+                started.append(r)
+        self._started_event(svc, started)
         new = [r for r in svc.replicas if r.deployment_id == primary.id]
         if primary.rollout_state == "IN_PROGRESS" and all(r.health == "healthy" for r in new):
             old = [r for r in svc.replicas if r.deployment_id != primary.id]
             await self._deregister(svc, old)
-            await asyncio.gather(*(self._terminate(r) for r in old))
+            draining = [r for r in old if r.alive]
+            await asyncio.gather(*(self._terminate(r) for r in draining))
+            for r in draining:
+                stop = TaskStop(
+                    "ServiceSchedulerInitiated",
+                    f"Scaling activity initiated by (deployment {primary.id})",
+                    container_exit_code(r.proc.returncode if r.proc else None),
+                )
+                self._record_stop(r, stop)
+            self._stopped_event(svc, draining)
             svc.replicas = new
             svc.deployments = [primary]
             primary.rollout_state = "COMPLETED"
             primary.rollout_state_reason = f"ECS deployment {primary.id} completed."
             primary.updated_at = datetime.now(UTC)
-            self.bridge.add_service_event(
-                self.cluster,
-                svc.spec.name,
-                f"(service {svc.spec.name}) has reached a steady state.",
+            self._event(
+                svc, f"(service {svc.spec.name}) (deployment {primary.id}) deployment completed."
             )
+            self._event(svc, f"(service {svc.spec.name}) has reached a steady state.")
+
+    def _started_event(self, svc: ServiceRuntime, replicas: list[Replica]) -> None:
+        if replicas:
+            tasks = " ".join(f"(task {r.task_id})" for r in replicas)
+            self._event(
+                svc, f"(service {svc.spec.name}) has started {len(replicas)} tasks: {tasks}."
+            )
+
+    def _stopped_event(self, svc: ServiceRuntime, replicas: list[Replica]) -> None:
+        if replicas:
+            tasks = " ".join(f"(task {r.task_id})" for r in replicas)
+            self._event(
+                svc,
+                f"(service {svc.spec.name}) has stopped {len(replicas)} running tasks: {tasks}.",
+            )
+
+    def _record_stop(self, r: Replica, stop: TaskStop) -> None:
+        if r.recorded and not r.stopped:
+            self.bridge.stop_task(self.cluster, r.task_id, stop)
+        r.stopped = True
 
     def _publish(self, name: str, svc: ServiceRuntime) -> None:
         def counts(replicas: list[Replica]) -> tuple[int, int]:
@@ -348,7 +499,9 @@ class EcsSimulation:
                 if self._published.get(key) == state:
                     continue
                 reason = None
-                if state == "unhealthy":
+                if state == "unhealthy" and r.alive and r.answered and not r.forced_unhealthy:
+                    reason = "Target.ResponseCodeMismatch"
+                elif state == "unhealthy":
                     reason = "Target.Timeout" if r.alive else "Target.FailedHealthChecks"
                 elif state == "initial":
                     reason = "Elb.RegistrationInProgress"
@@ -357,28 +510,41 @@ class EcsSimulation:
 
     # -- replicas -------------------------------------------------------------------------
 
-    def _placeholder(self, svc: ServiceRuntime, deployment_id: str) -> Replica:
+    def _placeholder(self, svc: ServiceRuntime, deployment: DeploymentState) -> Replica:
         host = self._next_address()
         return Replica(
             service=svc.spec.name,
             task_id=uuid.uuid4().hex,
             host=host,
             port=free_port(host),
-            deployment_id=deployment_id,
+            deployment_id=deployment.id,
+            task_definition=deployment.task_definition,
         )
 
-    async def _launch(self, svc: ServiceRuntime, deployment_id: str) -> Replica:
-        replica = self._placeholder(svc, deployment_id)
+    async def _launch(self, svc: ServiceRuntime, deployment: DeploymentState) -> Replica:
+        replica = self._placeholder(svc, deployment)
         svc.replicas.append(replica)
         await self._spawn(svc, replica)
         return replica
 
     async def _spawn(self, svc: ServiceRuntime, r: Replica) -> None:
+        if r.recorded:  # a dead task started again: ECS would start a new task
+            r.task_id = uuid.uuid4().hex
         r.health, r.ok_streak, r.fail_streak = "initial", 0, 0
         r.forced_unhealthy = False
         r.stalled = svc.stall_new
+        r.answered = r.ever_healthy = r.recorded = r.stopped = False
         logfile = (self.log_dir / f"{svc.spec.name}-{r.task_id[:8]}.log").open("ab")
-        env = {**os.environ, **svc.env, "REPLICA_ID": r.task_id, "ECS_TASK_ADDRESS": r.address}
+        # What ECS gives the container: its task definition's environment, then the
+        # sandbox's wiring (URLs and keys the seeded definitions leave out).
+        revision_env = self.bridge.container_environment(r.task_definition)
+        env = {
+            **os.environ,
+            **revision_env,
+            **svc.env,
+            "REPLICA_ID": r.task_id,
+            "ECS_TASK_ADDRESS": r.address,
+        }
         r.proc = await asyncio.create_subprocess_exec(
             *svc.launcher(r.host, r.port),
             stdin=asyncio.subprocess.DEVNULL,
@@ -388,6 +554,10 @@ class EcsSimulation:
             preexec_fn=die_with_parent,
         )
         logfile.close()
+        self.bridge.start_task(
+            self.cluster, svc.spec.name, r.task_id, r.task_definition, r.deployment_id, r.host
+        )
+        r.recorded = True
         self._published.pop((self.seeded.target_group_arns[svc.spec.name], r.host, r.port), None)
         await asyncio.to_thread(
             self._elbv2.register_targets,
@@ -423,6 +593,7 @@ class EcsSimulation:
         if r.proc is None:
             return
         ok = False
+        r.answered = False
         if r.alive and r.stalled:
             r.reason = "Health checks failed with these codes: [503]"
         elif r.alive:
@@ -430,6 +601,7 @@ class EcsSimulation:
             try:
                 resp = await self._client.get(f"http://{r.address}{path}")
                 ok = resp.status_code == 200
+                r.answered = True
                 r.reason = (
                     None if ok else f"Health checks failed with these codes: [{resp.status_code}]"
                 )
@@ -441,9 +613,13 @@ class EcsSimulation:
             r.ok_streak, r.fail_streak = r.ok_streak + 1, 0
             if r.ok_streak >= HEALTHY_THRESHOLD:
                 r.health = "healthy"
+                r.ever_healthy = True
         else:
             r.ok_streak, r.fail_streak = 0, r.fail_streak + 1
-            if r.fail_streak >= UNHEALTHY_THRESHOLD and (r.health != "initial" or not r.alive):
+            # A target that is still starting (no answer yet) stays initial, as within a
+            # health-check grace period; one that answers with an error does not.
+            settled = r.health != "initial" or not r.alive or r.answered
+            if r.fail_streak >= UNHEALTHY_THRESHOLD and settled:
                 r.health = "unhealthy"
 
     def _next_address(self) -> str:

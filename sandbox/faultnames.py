@@ -12,7 +12,10 @@ FAULTS = (
     "ecs-tasks-crashed",
     "alb-targets-unhealthy",
     "ecs-rollout-stalled",
+    "bad-deploy",
     "aws-throttling",
     "latency",
 )
 LATENCY_COMPONENTS = ("registry", "alb", "mlflow", "postgres", "redis", "aws")
+# bad-deploy: the new revision's tasks exit at start, or never pass their health check.
+BAD_DEPLOY_MODES = ("crash", "unhealthy")

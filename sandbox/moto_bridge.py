@@ -6,13 +6,21 @@ target is reported "healthy". The sandbox's ECS simulation runs real processes a
 this bridge to make moto's answers match them. moto is served in-process (see
 `sandbox.aws`), so the backends written here are the ones its request threads read.
 
-Two moto methods are wrapped, once per process, when the first bridge is made:
-`FakeTargetGroup.health_for` (to report the simulation's target health) and
+Three moto methods are wrapped, once per process, when the first bridge is made:
+`FakeTargetGroup.health_for` (to report the simulation's target health),
 `EC2ContainerServiceBackend.update_service`, which otherwise reports a scale-up or a forced
 deployment as converged in the same response (runningCount := desiredCount, one COMPLETED
-deployment), so a services_stable waiter started right after would succeed at once. With the
+deployment), so a services_stable waiter started right after would succeed at once (with the
 wrapper, update_service leaves the counts alone and opens a new IN_PROGRESS primary
-deployment, as ECS does, until the simulation reports progress.
+deployment, as ECS does, until the simulation reports progress), and
+`EC2ContainerServiceBackend.list_tasks`, which ignores `serviceName` and lists every desired
+status when none is asked for (ECS lists RUNNING ones).
+
+The simulation's tasks are moto `Task` records the bridge creates and stops itself (moto
+runs none for a service), with the fields DescribeTasks reports for a stopped task: stop
+code, stopped reason, the container's exit code, timestamps. moto's state manager would walk
+a described RUNNING task towards STOPPED on its own; the bridge turns that off (moto's public
+`state_manager.set_transition`), so a task stops only when its process does.
 
 Everything moto-internal this module relies on is pinned by tests/sandbox/test_moto_bridge.py,
 so that a moto upgrade that moves it fails there rather than in a demo.
@@ -20,6 +28,8 @@ so that a moto upgrade that moves it fails there rather than in a demo.
 
 from __future__ import annotations
 
+import inspect
+import sys
 import threading
 import uuid
 from dataclasses import dataclass
@@ -27,8 +37,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from moto.core import DEFAULT_ACCOUNT_ID
-from moto.ecs.models import EC2ContainerServiceBackend, ecs_backends
+from moto.ecs.models import EC2ContainerServiceBackend, Task, ecs_backends
 from moto.elbv2.models import FakeHealthStatus, FakeTargetGroup, elbv2_backends
+from moto.moto_api import state_manager
 
 # Held by the bridge while it mutates backend state, and by sandbox.aws around every
 # request it hands to moto: moto itself takes no locks, and a describe_services serialised
@@ -38,6 +49,8 @@ BACKEND_LOCK = threading.RLock()
 
 TARGET_HEALTH_STATES = frozenset({"initial", "healthy", "unhealthy", "draining", "unused"})
 _MAX_EVENTS = 100  # ECS keeps the most recent 100 service events
+# Stopped tasks kept per service (ECS shows them for about an hour); the oldest go first.
+MAX_STOPPED_TASKS = 100
 
 # (target group ARN, target id, port) -> (state, reason, description)
 _health_overrides: dict[tuple[str, str, int], tuple[str, str | None, str | None]] = {}
@@ -58,6 +71,17 @@ class DeploymentState:
     created_at: datetime
     updated_at: datetime
     rollout_state_reason: str = ""
+    failed_tasks: int = 0  # tasks of this deployment that failed to start or to stay up
+
+
+@dataclass(frozen=True)
+class TaskStop:
+    """Why a task stopped, as DescribeTasks reports it."""
+
+    stop_code: str  # EssentialContainerExited | ServiceSchedulerInitiated | TaskFailedToStart
+    reason: str  # stoppedReason
+    exit_code: int | None  # of the essential container; None when it never ran
+    container_reason: str | None = None
 
 
 class MotoBridge:
@@ -68,6 +92,9 @@ class MotoBridge:
         self.account_id = account_id
         _install_target_health_patch()
         _install_update_service_patch()
+        _install_list_tasks_patch()
+        # The simulation owns the task lifecycle (see the module docstring).
+        state_manager.set_transition("ecs::task", {"progression": "manual", "times": sys.maxsize})
 
     # -- ECS -------------------------------------------------------------------------
 
@@ -89,6 +116,25 @@ class MotoBridge:
             if not deployments:
                 raise LookupError(f"service {service} has no deployments")
             return str(deployments[0]["id"])
+
+    def primary_task_definition(self, cluster: str, service: str) -> str:
+        """The task definition ARN of the service's primary deployment."""
+        with BACKEND_LOCK:
+            svc = self._service(cluster, service)
+            if not svc.deployments:
+                raise LookupError(f"service {service} has no deployments")
+            return str(svc.deployments[0].get("taskDefinition") or svc.task_definition)
+
+    def container_environment(self, task_definition: str) -> dict[str, str]:
+        """The environment a task of this definition's essential container starts with."""
+        with BACKEND_LOCK:
+            td = self._ecs().describe_task_definition(task_definition)
+            container = td.container_definitions[0]
+            return {
+                str(e["name"]): str(e.get("value", ""))
+                for e in container.get("environment") or []
+                if e.get("name")
+            }
 
     def desired_count(self, cluster: str, service: str) -> int:
         with BACKEND_LOCK:
@@ -139,6 +185,100 @@ class MotoBridge:
             svc = self._service(cluster, service)
             svc.events = [event, *svc.events][:_MAX_EVENTS]
 
+    # -- ECS tasks ---------------------------------------------------------------------
+
+    def start_task(
+        self,
+        cluster: str,
+        service: str,
+        task_id: str,
+        task_definition: str,
+        deployment_id: str,
+        address: str,
+    ) -> str:
+        """Record a RUNNING task of `service` (its process has just started); its ARN.
+
+        Listed by list_tasks(serviceName=service), started by the deployment (ECS's
+        `startedBy` is the deployment id), reached at `address` (its ENI's private IP).
+        """
+        now = datetime.now(UTC)
+        with BACKEND_LOCK:
+            backend = self._ecs()
+            svc = self._service(cluster, service)
+            cl = backend._get_cluster(cluster)
+            definition = backend.describe_task_definition(task_definition)
+            # Task.__init__ makes an EC2 ENI for an awsvpc definition, and on this moto that
+            # fails (the ENI has no private_dns_name); the task's address is the replica's
+            # anyway. So it is built as a non-awsvpc task, and given its attachment here.
+            mode, definition.network_mode = definition.network_mode, "bridge"
+            try:
+                task: Any = Task(
+                    cluster=cl,
+                    task_definition=definition,
+                    container_instance_arn=None,
+                    resource_requirements=None,
+                    backend=backend,
+                    group=f"service:{svc.name}",
+                    launch_type=svc.launch_type or "FARGATE",
+                    started_by=deployment_id,
+                )
+            finally:
+                definition.network_mode = mode
+            task.id = task_id
+            task.last_status = "RUNNING"
+            task.desired_status = "RUNNING"
+            task.health_status = "UNKNOWN"  # no container health check is defined
+            task.created_at = task.started_at = now
+            task.attachments = [
+                {
+                    "id": str(uuid.uuid4()),
+                    "type": "ElasticNetworkInterface",
+                    "status": "ATTACHED",
+                    "details": [{"name": "privateIPv4Address", "value": address}],
+                }
+            ]
+            for container in task.containers:
+                container.last_status = "RUNNING"
+                container.exitCode = None
+                container.health_status = "UNKNOWN"
+                container.task_arn = task.task_arn
+            backend.tasks.setdefault(cl.name, {})[task.task_arn] = task
+            return str(task.task_arn)
+
+    def stop_task(self, cluster: str, task_id: str, stop: TaskStop) -> None:
+        """Mark a task STOPPED with its reason and exit code (its process is gone)."""
+        now = datetime.now(UTC)
+        with BACKEND_LOCK:
+            backend = self._ecs()
+            task = self._task(cluster, task_id)
+            task.last_status = "STOPPED"
+            task.desired_status = "STOPPED"
+            task.stop_code = stop.stop_code
+            task.stopped_reason = stop.reason
+            task.stopping_at = task.execution_stopped_at = task.stopped_at = now
+            for container in task.containers:
+                container.last_status = "STOPPED"
+                container.exitCode = stop.exit_code
+                container.reason = stop.container_reason
+            self._prune_stopped(backend, task.cluster_name, task.group)
+
+    def _task(self, cluster: str, task_id: str) -> Any:
+        tasks = self._ecs().tasks.get(self._ecs()._get_cluster(cluster).name, {})
+        for arn, task in tasks.items():
+            if arn.rsplit("/", 1)[-1] == task_id:
+                return task
+        raise LookupError(f"no task {task_id} in cluster {cluster}")
+
+    def _prune_stopped(self, backend: Any, cluster: str, group: str) -> None:
+        """Forget the oldest stopped tasks of a service beyond MAX_STOPPED_TASKS."""
+        tasks = backend.tasks.get(cluster, {})
+        stopped = sorted(
+            (t for t in tasks.values() if t.group == group and t.desired_status == "STOPPED"),
+            key=lambda t: t.stopped_at,
+        )
+        for task in stopped[: max(0, len(stopped) - MAX_STOPPED_TASKS)]:
+            del tasks[task.task_arn]
+
     # -- ELBv2 target health ---------------------------------------------------------
 
     def set_target_health(
@@ -179,7 +319,7 @@ def _deployment_dict(d: DeploymentState, template: dict[str, Any]) -> dict[str, 
         "platformVersion": template.get("platformVersion"),
         "platformFamily": template.get("platformFamily"),
         "networkConfiguration": template.get("networkConfiguration"),
-        "failedTasks": 0,
+        "failedTasks": d.failed_tasks,
         "id": d.id,
         "status": d.status,
         "taskDefinition": d.task_definition,
@@ -306,3 +446,31 @@ def _after_update(
     # Older deployments stay ACTIVE while their tasks drain (the simulation retires them).
     older = [{**d, "status": "ACTIVE"} for d in before if d.get("runningCount", 0) > 0]
     return [primary, *older]
+
+
+def _install_list_tasks_patch() -> None:
+    """Wrap EC2ContainerServiceBackend.list_tasks once: filter by service (a task's group is
+    "service:NAME"), list RUNNING tasks when no desired status is asked for, as ECS does,
+    and list the newest first (ECS leaves the order unsaid; moto lists the oldest first, so
+    one page would never show a task that just stopped)."""
+    with _patch_lock:
+        original = EC2ContainerServiceBackend.list_tasks
+        if getattr(original, "_sandbox_override", False):
+            return
+        signature = inspect.signature(original)
+
+        def list_tasks(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            service = bound.arguments.get("service_name")
+            if not bound.arguments.get("desiredStatus"):
+                bound.arguments["desiredStatus"] = "RUNNING"
+            tasks = original(*bound.args, **bound.kwargs)
+            if service:
+                group = f"service:{str(service).split('/')[-1]}"
+                tasks = [t for t in tasks if t.group == group]
+            oldest = datetime.min.replace(tzinfo=UTC)
+            return sorted(tasks, key=lambda t: getattr(t, "created_at", oldest), reverse=True)
+
+        list_tasks._sandbox_override = True  # type: ignore[attr-defined]
+        EC2ContainerServiceBackend.list_tasks = list_tasks  # type: ignore[method-assign]

@@ -11,11 +11,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from sandbox.ports import free_port, wait_for_port
 from sandbox.processes import die_with_parent
@@ -224,15 +224,23 @@ def _unprivileged_user() -> str:
 
 
 class RedisServer(_ChildServer):
-    def __init__(self, work_dir: Path, port: int | None = None) -> None:
+    """A Redis server on loopback; with a password, every client must AUTH first."""
+
+    def __init__(self, work_dir: Path, port: int | None = None, password: str = "") -> None:
         super().__init__(port)
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.binary = find_redis_server()
+        self.password = password
+        self._config = self.work_dir / "redis.conf"
+        # In a file of our own, not on the command line, where `ps` would show it.
+        self._config.touch(mode=0o600)
+        self._config.write_text(f'requirepass "{password}"\n' if password else "")
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def _log_path(self) -> Path:
         return self.work_dir / "redis.log"
@@ -240,6 +248,7 @@ class RedisServer(_ChildServer):
     def _argv(self) -> list[str]:
         return [
             self.binary,
+            str(self._config),  # the configuration file comes first
             "--port",
             str(self.port),
             "--bind",
@@ -251,9 +260,3 @@ class RedisServer(_ChildServer):
             "--dir",
             str(self.work_dir),
         ]
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0

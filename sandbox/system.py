@@ -21,17 +21,19 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import uvicorn
 
 from sandbox.aws import AwsSandbox, ServiceDef, Topology
 from sandbox.ecs import EcsSimulation, Launcher
-from sandbox.faultnames import FAULTS, LATENCY_COMPONENTS
+from sandbox.faultnames import BAD_DEPLOY_MODES, FAULTS, LATENCY_COMPONENTS
 from sandbox.lb import LoadBalancer
 from sandbox.moto_bridge import MotoBridge
 from sandbox.ports import free_port
 from sandbox.real_mlflow import real_mlflow_launcher
+from sandbox.registry.defects import ENV_RELEASE_DEFECT
 from sandbox.servers import PostgresServer, RedisServer
 from sandbox.tcpproxy import TcpProxy
 
@@ -59,6 +61,7 @@ class SandboxOptions:
     region: str = "us-east-1"
     api_key: str | None = None
     db_password: str | None = None
+    redis_password: str | None = None
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Sandbox:
         self.state_dir = options.state_dir
         self.api_key = options.api_key or secrets.token_urlsafe(24)
         self.db_password = options.db_password or secrets.token_urlsafe(18)
+        self.redis_password = options.redis_password or secrets.token_urlsafe(18)
         self.admin_token = secrets.token_urlsafe(18)
         self.topology = Topology(
             services=[
@@ -105,7 +109,7 @@ class Sandbox:
         logs.mkdir(parents=True, exist_ok=True)
         # Started from the main thread so that die-with-parent is tied to it.
         self.postgres = PostgresServer(self.state_dir / "postgres", password=self.db_password)
-        self.redis = RedisServer(self.state_dir / "redis")
+        self.redis = RedisServer(self.state_dir / "redis", password=self.redis_password)
         self.postgres.start()
         self.redis.start()
         self.pg_proxy = TcpProxy(self.postgres.host, self.postgres.port)
@@ -206,7 +210,8 @@ class Sandbox:
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_proxy.port}/0"
+        # The password as the URL's (empty-user) userinfo, as redis-py and the registry read it.
+        return f"redis://:{quote(self.redis_password, safe='')}@127.0.0.1:{self.redis_proxy.port}/0"
 
     def info(self, control_url: str) -> dict[str, Any]:
         return {
@@ -253,6 +258,7 @@ class Sandbox:
         everything: bool = False,
         ms: int | None = None,
         component: str | None = None,
+        mode: str | None = None,
     ) -> dict[str, Any]:
         if name not in FAULTS:
             raise FaultError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
@@ -286,6 +292,12 @@ class Sandbox:
             self.aws.throttling = True
         elif name == "latency":
             params = await self._set_latency(component, ms)
+        elif name == "bad-deploy":
+            if mode not in BAD_DEPLOY_MODES:
+                raise FaultError(f"bad-deploy needs --mode, one of {', '.join(BAD_DEPLOY_MODES)}")
+            if name in self.faults:
+                raise FaultError("a bad deploy is already in place; heal it first")
+            params = await asyncio.to_thread(self._release_bad_revision, mode)
         key = f"latency:{component}" if name == "latency" else name
         self.faults[key] = _Fault(name, params)
         return {"fault": name, **params}
@@ -333,6 +345,54 @@ class Sandbox:
             self.aws.throttling = False
         elif name == "latency":
             await self._set_latency(fault.params["component"], 0)
+        elif name == "bad-deploy":
+            await asyncio.to_thread(self._roll_back, fault.params["previous"])
+
+    def _release_bad_revision(self, mode: str) -> dict[str, Any]:
+        """Release a bad revision of the registry as a pipeline would, through the ECS API:
+        register a new revision of its task definition (a new image whose tasks fail as
+        `mode` says, see sandbox/registry/defects.py), then update the service to it.
+
+        The revision's environment also carries a release token, a secret as careless task
+        definitions carry, so that tests can show it never reaches a report.
+        """
+        ecs = self.aws.client("ecs")
+        cluster = self.topology.cluster
+        current = ecs.describe_services(cluster=cluster, services=[REGISTRY])["services"][0][
+            "taskDefinition"
+        ]
+        spec = ecs.describe_task_definition(taskDefinition=current)["taskDefinition"]
+        container = dict(spec["containerDefinitions"][0])
+        container["image"] = f"{str(container['image']).split(':')[0]}:release-{mode}"
+        kept = [
+            e
+            for e in container.get("environment") or []
+            if e.get("name") not in (ENV_RELEASE_DEFECT, "RELEASE_TOKEN")
+        ]
+        container["environment"] = [
+            *kept,
+            {"name": ENV_RELEASE_DEFECT, "value": mode},
+            {"name": "RELEASE_TOKEN", "value": secrets.token_urlsafe(18)},
+        ]
+        revision = ecs.register_task_definition(
+            family=spec["family"],
+            containerDefinitions=[container],
+            networkMode=spec["networkMode"],
+            requiresCompatibilities=spec["requiresCompatibilities"],
+            cpu=spec["cpu"],
+            memory=spec["memory"],
+        )["taskDefinition"]["taskDefinitionArn"]
+        ecs.update_service(cluster=cluster, service=REGISTRY, taskDefinition=revision)
+        return {"mode": mode, "revision": revision, "previous": current}
+
+    def _roll_back(self, previous: str) -> None:
+        """Heal a bad deploy: update the registry back to the revision it ran before (a new
+        deployment of it, as an operator's rollback is), unless it already runs it."""
+        ecs = self.aws.client("ecs")
+        cluster = self.topology.cluster
+        service = ecs.describe_services(cluster=cluster, services=[REGISTRY])["services"][0]
+        if service["taskDefinition"] != previous:
+            ecs.update_service(cluster=cluster, service=REGISTRY, taskDefinition=previous)
 
     async def _set_latency(self, component: str | None, ms: int | None) -> dict[str, Any]:
         if component not in LATENCY_COMPONENTS:

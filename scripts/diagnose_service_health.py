@@ -9,16 +9,24 @@ printed and written, with them as findings).
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, configuration_exit, prepare_environment, run_flow
+from scripts._common import (
+    EXIT_CONFIG,
+    configuration_exit,
+    exit_with,
+    imports_without_gc,
+    prepare_environment,
+    run_flow,
+    say,
+    write_json,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,16 +60,18 @@ async def _diagnose(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service_health.models import DiagnosticReport
-    from service_health.rendering import human_summary
+    with imports_without_gc():
+        import flows.diagnose  # noqa: F401  (what the run needs, loaded here: see the helper)
+        from service_health.models import DiagnosticReport
+        from service_health.rendering import diagnosis_text
 
     report = run_flow(lambda: _diagnose(args), DiagnosticReport, "diagnosis", 2)
     if isinstance(report, int):
         return report
-    print(human_summary(report))
+    say(diagnosis_text(report))
     if args.output:
-        args.output.write_text(json.dumps(report.to_seed_json(), indent=2) + "\n")
-        print(f"\nReport written to {args.output}")
+        write_json(args.output, report.to_seed_json())
+        say(f"\nReport written to {args.output}")
     # The report carries AWS configuration mistakes as findings; the exit code says them.
     configuration = configuration_exit(report.configuration_problems())
     return report.overall_status.exit_code if configuration is None else configuration
@@ -72,16 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     prepare_environment(verbose=args.verbose, api_key=args.api_key)
     if not args.sandbox:
         return run(args)
-    from sandbox.client import SandboxProcess
-    from sandbox.statefiles import env_lines
+    from scripts._sandbox import SandboxError, running_sandbox
 
-    with tempfile.TemporaryDirectory(prefix="hokusai-sandbox-") as state_dir:
-        print("Starting the sandbox (PostgreSQL, Redis, MLflow, registry replicas, AWS)...")
-        with SandboxProcess(Path(state_dir)) as sandbox:
-            os.environ.update(env_lines(sandbox.info))
+    say("Starting the sandbox (PostgreSQL, Redis, MLflow, registry replicas, AWS)...")
+    # SIGTERM ends the run through the usual exceptions, so the sandbox is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        with running_sandbox() as env:
+            os.environ.update(env)
             args.target = args.target or "sandbox"
             return run(args)
+    except SandboxError as exc:
+        say(str(exc), err=True)
+        return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -12,17 +12,26 @@ or refused and an unknown AWS region, met by the diagnosis; the log is still pri
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, configuration_exit, prepare_environment, run_flow
+from scripts._common import (
+    EXIT_CONFIG,
+    configuration_exit,
+    prepare_environment,
+    run_flow,
+    say,
+    write_json,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from service_health.settings import COOLDOWN_S, STABILIZATION_TIMEOUT_S
+
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -36,15 +45,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--stabilization-timeout",
         type=float,
-        default=300.0,
-        help="longest wait for the service to stabilise, seconds (default 300)",
+        default=STABILIZATION_TIMEOUT_S,
+        help="longest wait for the service to stabilise, seconds (default %(default)g)",
     )
     p.add_argument(
         "--cooldown",
         type=float,
-        default=600.0,
+        default=COOLDOWN_S,
         help="do not restart an ECS service restarted less than this many seconds ago "
-        "(default 600)",
+        "(default %(default)g)",
+    )
+    p.add_argument(
+        "--approve-rollback",
+        action="store_true",
+        help="the operator running this command approves a rollback the plan contains "
+        "(otherwise it waits for approval on the Prefect server)",
     )
     try:
         return p.parse_args(argv)
@@ -67,19 +82,29 @@ async def _recover(args: argparse.Namespace) -> Any:
     )
 
 
+def approve_rollback_here() -> None:
+    """The operator at the terminal is the approver: the target allows this run's rollback.
+
+    Set in this process's environment, where the target's settings are read from, so the
+    flow's one approval rule decides as for a target that allows automatic rollback."""
+    os.environ["ALLOW_AUTOMATIC_ROLLBACK"] = "true"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prepare_environment(verbose=args.verbose, api_key=args.api_key)
+    if args.approve_rollback:
+        approve_rollback_here()
     from service_health.recovery import RecoveryResult
     from service_health.recovery_rendering import result_text
 
     result = run_flow(lambda: _recover(args), RecoveryResult, "recovery", 1)
     if isinstance(result, int):
         return result
-    print(result_text(result))  # the plan, the recovery log and the outcome
+    say(result_text(result))  # the plan, the recovery log and the outcome
     if args.output:
-        args.output.write_text(json.dumps(result.to_seed_json(), indent=2) + "\n")
-        print(f"\nRecovery log written to {args.output}")
+        write_json(args.output, result.to_seed_json())
+        say(f"\nRecovery log written to {args.output}")
     configuration = configuration_exit(result.configuration_problems)
     return result.exit_code if configuration is None else configuration
 

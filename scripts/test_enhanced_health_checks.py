@@ -12,14 +12,13 @@ Exit codes: 0 every test passed, 1 any test failed, 64 usage or configuration er
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts._common import EXIT_CONFIG, prepare_environment, run_flow
+from scripts._common import EXIT_CONFIG, prepare_environment, run_flow, say, write_json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,15 +61,15 @@ async def _verify(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service_health.contract import ContractReport, human_summary
+    from service_health.contract import ContractReport, contract_text
 
     report = run_flow(lambda: _verify(args), ContractReport, "contract tests", 1)
     if isinstance(report, int):
         return report
-    print(human_summary(report, verbose=args.verbose))
+    say(contract_text(report, verbose=args.verbose))
     if args.output:
-        args.output.write_text(json.dumps(report.to_seed_json(), indent=2) + "\n")
-        print(f"Results written to {args.output}")
+        write_json(args.output, report.to_seed_json())
+        say(f"Results written to {args.output}")
     return report.exit_code
 
 

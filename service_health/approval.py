@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from service_health.recovery import EntryStatus, RecoveryLogEntry, RecoveryPlan, RecoveryStep
+from service_health.recovery import (
+    EntryStatus,
+    RecoveryLogEntry,
+    RecoveryPlan,
+    RecoveryStep,
+    StepKind,
+)
 
 
 def approval_description(plan: RecoveryPlan, deadline: datetime) -> str:
@@ -31,14 +37,18 @@ def approval_description(plan: RecoveryPlan, deadline: datetime) -> str:
     return "\n".join(lines)
 
 
-def mutations(plan: RecoveryPlan) -> list[tuple[str, str | None, tuple[str, ...] | None]]:
-    """What a plan changes, compared between the approved plan and the one re-derived
-    after approval. The ECS deployment id is left out on purpose: the task itself refuses
-    to restart a service whose primary deployment changed."""
+Mutation = tuple[str, str | None, tuple[str, ...] | None, str | None]
 
-    def key(step: RecoveryStep) -> tuple[str, str | None, tuple[str, ...] | None]:
+
+def mutations(plan: RecoveryPlan) -> list[Mutation]:
+    """What a plan changes, compared between the approved plan and the one re-derived
+    after approval (a rollback's revision included: approving a return to revision 41 is
+    not approving one to 40). The ECS deployment id is left out on purpose: the task itself
+    refuses to restart a service whose primary deployment changed."""
+
+    def key(step: RecoveryStep) -> Mutation:
         replicas = tuple(sorted(step.replicas)) if step.replicas is not None else None
-        return (str(step.kind), step.service, replicas)
+        return (str(step.kind), step.service, replicas, step.revision)
 
     return [key(s) for s in plan.steps if s.mutating]
 
@@ -67,4 +77,24 @@ def approval_entry(note: str, at: datetime | None = None) -> RecoveryLogEntry:
         status=EntryStatus.SUCCESS,
         details=details,
         data={"note": note},
+    )
+
+
+def rollback_approval(
+    plan: RecoveryPlan, allow_automatic_rollback: bool
+) -> RecoveryLogEntry | None:
+    """A plan that rolls a service back always asks an operator first, unless the target
+    explicitly allows automatic rollback (`allow_automatic_rollback`): returning to an
+    older release is a release decision. The entry says why approval is asked; None when
+    it need not be."""
+    rollbacks = plan.of_kind(StepKind.ROLLBACK)
+    if not rollbacks or allow_automatic_rollback:
+        return None
+    what = "; ".join(s.title for s in rollbacks)
+    return RecoveryLogEntry(
+        action="approval",
+        status=EntryStatus.ESCALATED,
+        details=f"Approval required: the plan rolls back ({what}); {plan.target} does not "
+        "allow automatic rollback (allow_automatic_rollback, ALLOW_AUTOMATIC_ROLLBACK)",
+        data={"rollbacks": [s.service for s in rollbacks if s.service]},
     )

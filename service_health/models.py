@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from pydantic_core import to_jsonable_python
 
+from service_health.details import CheckFacts
+
 
 class CheckName(StrEnum):
     """Check names of the seed's JSON output (cron jobs and parsers rely on them)."""
@@ -20,11 +22,15 @@ class CheckName(StrEnum):
     REDIS = "redis"
     AWS_INFRASTRUCTURE = "aws_infrastructure"
     SERVICE_METRICS = "service_metrics"
-    # Components of aws_infrastructure.
+    # Components of aws_infrastructure (AWS_COMPONENTS).
     ALB = "alb"
     ECS = "ecs"
     RDS = "rds"
     CLOUDWATCH = "cloudwatch"
+
+
+# The checks the report folds into aws_infrastructure, in its order.
+AWS_COMPONENTS = (CheckName.ALB, CheckName.ECS, CheckName.RDS, CheckName.CLOUDWATCH)
 
 
 class CheckStatus(StrEnum):
@@ -76,7 +82,14 @@ class CheckResult(BaseModel):
     status: CheckStatus
     duration_ms: float | None = None
     latency_ms: float | None = None
+    # What the recovery reads, typed (service_health.details): the API's answer, the
+    # breaker per replica, the ECS services, the target groups.
+    facts: CheckFacts | None = None
+    # Everything else the check found, for people and the JSON output.
     details: dict[str, Any] = Field(default_factory=dict)
+    # A configuration mistake rather than the service's state (no AWS credentials,
+    # permission refused, unknown region): one line naming it.
+    configuration_problem: str | None = None
     error: str | None = None
     # Which endpoints or APIs the result rests on, e.g. "GET /ready", "ecs:DescribeServices".
     evidence: list[str] = Field(default_factory=list)
@@ -128,7 +141,10 @@ class CheckResult(BaseModel):
             "findings": [f.model_dump(mode="json") for f in self.findings],
         }
         out: dict[str, Any] = {"status": reserved["status"], "duration_ms": self.duration_ms}
-        for key, value in self.details.items():
+        flattened = {**(self.facts.seed_fields() if self.facts else {}), **self.details}
+        if self.configuration_problem is not None:
+            flattened[CONFIGURATION_PROBLEM] = self.configuration_problem
+        for key, value in flattened.items():
             # A detail never hides a reserved field; it is kept under a prefixed name instead.
             name = f"detail_{key}" if key in reserved else key
             out[name] = to_jsonable_python(value, fallback=str)
@@ -139,15 +155,24 @@ class CheckResult(BaseModel):
         return out
 
 
+# Where the JSON output shows CheckResult.configuration_problem.
+CONFIGURATION_PROBLEM = "configuration_problem"
+
+
 class Verdict(StrEnum):
     HEALTHY = "healthy"
     DEGRADED = "degraded"
     CRITICAL = "critical"
 
     @property
+    def rank(self) -> int:
+        """How bad: healthy 0, degraded 1, critical 2 (the worst of several is the max)."""
+        return _VERDICT_RANK[self]
+
+    @property
     def exit_code(self) -> int:
         """Seed exit codes: 0 healthy, 1 degraded or warnings, 2 critical."""
-        return {"healthy": 0, "degraded": 1, "critical": 2}[self.value]
+        return self.rank
 
     @property
     def state_name(self) -> str:
@@ -155,9 +180,7 @@ class Verdict(StrEnum):
         return self.value.capitalize()
 
 
-# Detail key of a check that ran into a configuration mistake rather than the service's state
-# (no AWS credentials, permission refused, unknown region): one line naming it.
-CONFIGURATION_PROBLEM = "configuration_problem"
+_VERDICT_RANK = {Verdict.HEALTHY: 0, Verdict.DEGRADED: 1, Verdict.CRITICAL: 2}
 
 
 class DiagnosticReport(BaseModel):
@@ -181,8 +204,8 @@ class DiagnosticReport(BaseModel):
         stack = list(self.checks.values())
         while stack:
             check = stack.pop(0)
-            problem = check.details.get(CONFIGURATION_PROBLEM)
-            if isinstance(problem, str) and problem not in found:
+            problem = check.configuration_problem
+            if problem is not None and problem not in found:
                 found.append(problem)
             stack.extend(check.components.values())
         return found

@@ -1,4 +1,4 @@
-"""Tolerant readers of the health contract (DESIGN section 4). They never raise.
+"""Tolerant readers of the health contract (docs/health-contract.md). They never raise.
 
 Unknown fields are ignored, missing or wrong-typed ones become None with a problem, unknown
 enum values are kept as sent with a problem, naive timestamps are taken as UTC.
@@ -61,7 +61,7 @@ CONTRACT_STATE_BY_VALUE = {0: BreakerState.CLOSED, 1: BreakerState.OPEN, 2: Brea
 # "0=CLOSED", "1: HALF_OPEN", "2 OPEN": HALF_OPEN first, so OPEN does not match inside it.
 _HELP_STATE = re.compile(r"\b(\d+)\s*[=:]?\s*(HALF[_ -]?OPEN|CLOSED|OPEN)\b", re.IGNORECASE)
 
-# Series the deployed version exposes (DESIGN section 4, "Observed in a deployed version").
+# Series the deployed version exposes (docs/health-contract.md, "Observed in a deployed version").
 LEGACY_METRIC_NAMES = (
     "mlflow_circuit_breaker_state",
     "mlflow_circuit_breaker_failures_total",

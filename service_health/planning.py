@@ -16,6 +16,12 @@ reason. The rules:
   registry tasks down, 5xx) -> force a new deployment, unless one is already rolling (wait
   for it) or the service was (re)deployed within the cooldown (skip, with the reason); at
   most `max_restarts` services per run, the most urgent first (the others are skipped);
+- ECS service whose PRIMARY deployment's revision is failing (its rollout FAILED, or its
+  tasks stop for the revision's own reasons while it rolls out; service_health.
+  assessment.deploys) -> roll back to the last revision that completed a deployment, with
+  the evidence, under the same cooldown and cap as a restart; never a new deployment of
+  the failing revision, and no wait for its rollout. No earlier good revision (none
+  completed, the same one completed before, or it fails too) -> escalate, no restart;
 - ECS service missing, not ACTIVE or scaled to zero -> escalate (a deployment cannot help);
 - database or RDS down -> escalate, no automatic action, and registry restarts are held
   back (new tasks would fail the same way); Redis down -> escalate;
@@ -32,6 +38,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from service_health.deploy_evidence import DeployFacts
+from service_health.details import (
+    AlbFacts,
+    ApiFacts,
+    BreakerFacts,
+    EcsFacts,
+    MissingService,
+    TargetGroupError,
+)
 from service_health.models import (
     BreakerState,
     CheckName,
@@ -41,12 +56,11 @@ from service_health.models import (
     Verdict,
 )
 from service_health.recovery import RecoveryHistory, RecoveryPlan, RecoveryStep, StepKind
-from service_health.settings import Target
-
-DEFAULT_COOLDOWN_S = 600.0
-DEFAULT_MAX_RESTARTS = 2
+from service_health.settings import COOLDOWN_S, MAX_RESTARTS, Target
 
 _GATEWAY_CODES = (502, 503, 504)
+# The steps `_tail` adds after the acting ones; a plan with nothing else escalates.
+_TAIL = frozenset({StepKind.WAIT_FOR_STABILIZATION, StepKind.CHECK_ALB_TARGETS, StepKind.VERIFY})
 _BAD_TARGET_STATES = ("unhealthy", "unavailable")
 
 
@@ -73,6 +87,7 @@ class _Service:
     desired: int | None
     running: int | None
     rolling: bool
+    rollout_state: str | None = None  # of the PRIMARY deployment
 
 
 @dataclass
@@ -91,6 +106,8 @@ class _Candidate:
     service: str
     reasons: list[str] = field(default_factory=list)
     urgent: bool = False  # the service cannot serve at all (registry down)
+    # Its PRIMARY deployment's revision is failing: a rollback, never a new deployment.
+    failing: DeployFacts | None = None
 
 
 def _check(report: DiagnosticReport, name: str) -> CheckResult | None:
@@ -105,29 +122,22 @@ def _read_breaker(report: DiagnosticReport) -> _Breaker | None:
     check = report.checks.get(CheckName.CIRCUIT_BREAKER)
     if check is None or check.status == CheckStatus.SKIPPED:
         return None
-    details = check.details
-    replicas = details.get("replicas")
-    b = _Breaker(state=str(details.get("state") or BreakerState.UNKNOWN))
-    b.partial = bool(check.partial or details.get("sampled_through_load_balancer"))
-    for label, entry in (replicas if isinstance(replicas, dict) else {}).items():
-        if not isinstance(entry, dict):
-            continue
-        address = entry.get("replica") or (None if str(label).startswith("sample-") else label)
+    facts = check.facts if isinstance(check.facts, BreakerFacts) else None
+    b = _Breaker(state=(facts.state if facts else "") or BreakerState.UNKNOWN)
+    b.partial = check.partial or (facts is not None and facts.sampled_through_load_balancer)
+    for label, replica in (facts.replicas if facts else {}).items():
+        address = replica.replica or (None if label.startswith("sample-") else label)
         if address is None:
             b.partial = True
             b.sampled += 1
             continue
-        address = str(address)
         b.addresses.append(address)
-        state = str(entry.get("state"))
-        if state == BreakerState.OPEN:
+        if replica.state == BreakerState.OPEN:
             b.open.append(address)
-            if entry.get("stuck"):
+            if replica.stuck:
                 b.stuck.append(address)
-                attempts = entry.get("recovery_attempts")
-                if isinstance(attempts, int):
-                    b.attempts = max(b.attempts, attempts)
-        if state != BreakerState.CLOSED or entry.get("connected") is False:
+                b.attempts = max(b.attempts, replica.recovery_attempts or 0)
+        if replica.state != BreakerState.CLOSED or replica.connected is False:
             b.affected.append(address)
     return b
 
@@ -137,57 +147,65 @@ def _read_services(report: DiagnosticReport) -> tuple[dict[str, _Service] | None
     check = _check(report, CheckName.ECS)
     if check is None or check.status == CheckStatus.SKIPPED:
         return None, "ECS not checked (no cluster or service configured)"
-    raw = check.details.get("services")
-    if check.status == CheckStatus.ERROR and not raw:
+    facts = check.facts if isinstance(check.facts, EcsFacts) else None
+    if check.status == CheckStatus.ERROR and not (facts and facts.services):
         return None, f"ECS state unknown ({check.error or check.summary or 'check failed'})"
     services: dict[str, _Service] = {}
-    for name, entry in (raw if isinstance(raw, dict) else {}).items():
-        if not isinstance(entry, dict):
+    for name, entry in (facts.services if facts else {}).items():
+        if isinstance(entry, MissingService):
+            services[name] = _Service(name, entry.status, None, None, rolling=False)
             continue
-        deployments = entry.get("deployments")
-        services[str(name)] = _Service(
-            name=str(name),
-            status=entry.get("status"),
-            desired=_int(entry.get("desired")),
-            running=_int(entry.get("running")),
-            rolling=entry.get("rollout_state") == "IN_PROGRESS"
-            or (isinstance(deployments, int) and deployments > 1),
+        services[name] = _Service(
+            name=name,
+            status=entry.status,
+            desired=entry.desired,
+            running=entry.running,
+            rolling=entry.rollout_state == "IN_PROGRESS" or entry.deployments > 1,
+            rollout_state=entry.rollout_state,
         )
     if not services:
         return None, "ECS state unknown (no service in the diagnosis)"
     return services, None
 
 
-def _read_groups(report: DiagnosticReport) -> dict[str, _Group]:
+def _read_failing(report: DiagnosticReport) -> dict[str, DeployFacts]:
+    """The services whose PRIMARY deployment's revision the diagnosis found failing."""
+    check = _check(report, CheckName.ECS)
+    facts = check.facts if check is not None and isinstance(check.facts, EcsFacts) else None
+    return {
+        name: deploy
+        for name, deploy in (facts.deploys if facts else {}).items()
+        if deploy.failing_revision is not None
+    }
+
+
+def _alb_facts(report: DiagnosticReport) -> AlbFacts | None:
     check = _check(report, CheckName.ALB)
-    if check is None:
-        return {}
-    raw = check.details.get("target_groups")
+    return check.facts if check is not None and isinstance(check.facts, AlbFacts) else None
+
+
+def _read_groups(report: DiagnosticReport) -> dict[str, _Group]:
+    facts = _alb_facts(report)
     groups: dict[str, _Group] = {}
-    for name, entry in (raw if isinstance(raw, dict) else {}).items():
-        if not isinstance(entry, dict):
-            continue
-        g = _Group(name=str(name))
-        if "error" in entry:
-            g.error = str(entry.get("error"))
-        g.healthy = _int(entry.get("healthy")) or 0
-        g.total = _int(entry.get("total")) or 0
-        for t in entry.get("targets") or []:
-            if isinstance(t, dict) and t.get("state") in _BAD_TARGET_STATES:
-                g.bad.append(f"{t.get('address')} ({t.get('reason') or t.get('state')})")
+    for name, entry in (facts.target_groups if facts else {}).items():
+        g = _Group(name=name)
+        if isinstance(entry, TargetGroupError):
+            g.error = str(entry.error)
+        else:
+            g.healthy, g.total = entry.healthy, entry.total
+            g.bad = [
+                f"{t.address} ({t.reason or t.state})"
+                for t in entry.targets
+                if t.state in _BAD_TARGET_STATES
+            ]
         groups[g.name] = g
     return groups
 
 
 def _read_mlflow_groups(report: DiagnosticReport) -> list[str]:
     """The target groups the diagnosis found serving MLflow (derived from ECS)."""
-    check = _check(report, CheckName.ALB)
-    raw = check.details.get("mlflow_target_groups") if check is not None else None
-    return [str(g) for g in raw] if isinstance(raw, list) else []
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    facts = _alb_facts(report)
+    return list(facts.mlflow_target_groups) if facts else []
 
 
 def _first_finding(check: CheckResult, severities: tuple[str, ...]) -> tuple[str, str | None]:
@@ -206,8 +224,57 @@ def _plural(count: int, word: str) -> str:
 
 @dataclass
 class _Decision:
-    kind: StepKind  # FORCE_DEPLOYMENT, WAIT_FOR_ROLLOUT or SKIP
+    kind: StepKind  # FORCE_DEPLOYMENT, ROLLBACK, WAIT_FOR_ROLLOUT, SKIP or ESCALATE
     reason: str
+    revision: str | None = None  # ROLLBACK: the revision rolled back to ("family:N")
+    task_definition: str | None = None  # ... and its ARN
+    deployment_id: str | None = None  # ROLLBACK: the PRIMARY deployment it replaces
+    recommendation: str | None = None
+
+    @property
+    def acts(self) -> bool:
+        """A step that changes the service or waits for its rollout."""
+        return self.kind not in (StepKind.SKIP, StepKind.ESCALATE)
+
+
+@dataclass
+class _RollbackTarget:
+    """Where a failing revision rolls back to, or why nowhere (then: escalate)."""
+
+    revision: str | None
+    task_definition: str | None
+    why_not: str | None = None
+
+
+def rollback_target(facts: DeployFacts) -> _RollbackTarget:
+    """The last revision that completed a deployment, if it is a good one to return to.
+
+    Not when none completed, when it is the failing revision itself (the cause lies
+    outside the revision), or when it fails too: its deployment runs no task and its own
+    tasks stopped for the revision's reasons within the window.
+    """
+    failing, last = facts.failing_revision, facts.last_completed_revision
+    if last is None:
+        return _RollbackTarget(
+            None, None, "no earlier revision is known to have completed a deployment"
+        )
+    if last == failing:
+        return _RollbackTarget(
+            None,
+            None,
+            f"the last revision that completed a deployment is {failing} itself: the cause "
+            "may lie outside it (dependencies, configuration, capacity)",
+        )
+    stops = next((r for r in facts.stopped if r.revision == last and r.failed), None)
+    if stops is not None and not facts.running_revisions.get(last):
+        causes = "; ".join(c.text() for c in stops.causes[:2])
+        return _RollbackTarget(
+            None,
+            None,
+            f"the previous revision {last} fails too: no task of it runs and "
+            f"{_plural(stops.failed, 'task')} of it stopped recently ({causes})",
+        )
+    return _RollbackTarget(last, facts.last_completed_task_definition)
 
 
 class _Planner:
@@ -234,6 +301,11 @@ class _Planner:
         self.groups = _read_groups(report)
         self.mlflow_groups = list(target.mlflow_target_groups) or _read_mlflow_groups(report)
         self.breaker = _read_breaker(report)
+        self.failing = {
+            name: facts
+            for name, facts in _read_failing(report).items()
+            if name in target.ecs_services
+        }
         self.db_down: list[tuple[str, str | None]] = []
 
     # -- building blocks --
@@ -330,12 +402,12 @@ class _Planner:
         api = self.report.checks.get(CheckName.API_CONNECTIVITY)
         if api is None or api.status != CheckStatus.UNHEALTHY:
             return None
-        code = api.details.get("status_code")
+        code = api.facts.status_code if isinstance(api.facts, ApiFacts) else None
         if code is None:
             return f"API unreachable ({api.error or api.summary})", False
-        if isinstance(code, int) and code in _GATEWAY_CODES and "no backend" in api.summary:
+        if code in _GATEWAY_CODES and "no backend" in api.summary:
             return f"API unavailable: the load balancer answered HTTP {code}", False
-        if isinstance(code, int) and code >= 500:
+        if code >= 500:
             return f"API fails: HTTP {code} from the service (replicas likely wedged)", True
         return None
 
@@ -381,6 +453,14 @@ class _Planner:
                 )
                 continue
             note(owner, problem, owner != self.mlflow_service and group.healthy == 0)
+        for name, facts in self.failing.items():
+            svc = services.get(name)
+            if svc is None or svc.status != "ACTIVE" or not svc.desired:
+                continue  # escalated above: nothing to roll back on
+            evidence = "; ".join(facts.failing_evidence) or "its rollout failed"
+            note(name, f"revision {facts.failing_revision} is failing: {evidence}",
+                 name != self.mlflow_service and svc.running == 0)  # fmt: skip
+            candidates[name].failing = facts
         failure = self._api_failure()
         if failure is not None:
             text, server_error = failure
@@ -459,18 +539,40 @@ class _Planner:
         for c in sorted(candidates.values(), key=priority):
             why = "; ".join(c.reasons)
             svc = services.get(c.service)
-            if svc is not None and svc.rolling:
+            rollback = None
+            if c.failing is not None:
+                rollback = rollback_target(c.failing)
+                if rollback.revision is None:
+                    decisions[c.service] = self._no_rollback(c, why, rollback.why_not or "")
+                    continue
+            elif svc is not None and svc.rollout_state == "FAILED":
+                # A failed rollout without the deploy facts: which revision fails and what
+                # ran before is unknown, so neither a rollback nor a redeployment of it.
+                decisions[c.service] = _Decision(
+                    StepKind.ESCALATE,
+                    f"{c.service}: {why}; its PRIMARY deployment's rollout FAILED: a new "
+                    "deployment of the same revision would fail the same way, and the revision "
+                    "to roll back to is not known",
+                    recommendation=f"Roll {c.service} back by hand to its last good revision "
+                    "(UpdateService with that task definition)",
+                )
+                continue
+            if rollback is not None:
+                pass  # a failing rollout is never waited for: it is rolled back
+            elif svc is not None and svc.rolling:
                 decisions[c.service] = _Decision(
                     StepKind.WAIT_FOR_ROLLOUT,
                     f"{c.service}: {why}; a deployment is already rolling out: wait for it "
                     "instead of forcing another",
                 )
                 continue
+            verb = "rolled back" if rollback is not None else "restarted"
             if self.db_down and c.service != self.mlflow_service:
                 decisions[c.service] = _Decision(
                     StepKind.SKIP,
-                    f"{c.service}: {why}; not restarted while the database is down: new "
+                    f"{c.service}: {why}; not {verb} while the database is down: new "
                     "tasks would fail the same way. Restore the database first",
+                    revision=rollback.revision if rollback else None,
                 )
                 continue
             last = self.history.last_restart(c.service)
@@ -481,7 +583,8 @@ class _Planner:
                         StepKind.SKIP,
                         f"{c.service}: {why}; its last deployment started {max(age, 0):.0f} s "
                         f"ago ({last.astimezone(UTC).isoformat()}), within the cooldown of "
-                        f"{self.cooldown_s:g} s: not restarted again",
+                        f"{self.cooldown_s:g} s: not {verb} again",
+                        revision=rollback.revision if rollback else None,
                     )
                     continue
             elif self.cooldown_s > 0:
@@ -493,18 +596,59 @@ class _Planner:
             if restarts >= self.max_restarts:
                 decisions[c.service] = _Decision(
                     StepKind.SKIP,
-                    f"{c.service}: {why}; not restarted: the cap of "
+                    f"{c.service}: {why}; not {verb}: the cap of "
                     f"{_plural(self.max_restarts, 'service')} restarted per run is reached",
+                    revision=rollback.revision if rollback else None,
                 )
                 continue
             restarts += 1
+            if rollback is not None and c.failing is not None:
+                decisions[c.service] = _Decision(
+                    StepKind.ROLLBACK,
+                    f"{c.service}: {why}: roll back to revision {rollback.revision}, the last "
+                    f"that completed a deployment (a new deployment of "
+                    f"{c.failing.failing_revision} would fail the same way)",
+                    revision=rollback.revision,
+                    task_definition=rollback.task_definition,
+                    deployment_id=(c.failing.primary.id if c.failing.primary else None)
+                    or self.history.deployment_id(c.service),
+                )
+                continue
             decisions[c.service] = _Decision(
                 StepKind.FORCE_DEPLOYMENT,
                 f"{c.service}: {why}: force a new deployment (replaces its tasks)",
             )
         return decisions
 
+    def _no_rollback(self, c: _Candidate, why: str, why_not: str) -> _Decision:
+        """A failing revision with no good one to return to: an operator decides."""
+        failing = c.failing.failing_revision if c.failing else "?"
+        return _Decision(
+            StepKind.ESCALATE,
+            f"{c.service}: {why}; no rollback: {why_not}. A new deployment of {failing} "
+            "would fail the same way: not restarted",
+            recommendation=f"Read the stopped tasks' logs of {c.service}; fix the release or "
+            "deploy a known good revision by hand",
+        )
+
     def _service_step(self, service: str, decision: _Decision) -> RecoveryStep:
+        if decision.kind == StepKind.ESCALATE:
+            return self.add(
+                StepKind.ESCALATE,
+                decision.reason,
+                service=service,
+                recommendation=decision.recommendation,
+            )
+        if decision.kind == StepKind.SKIP and decision.revision is not None:
+            return self.add(
+                StepKind.SKIP,
+                decision.reason,
+                service=service,
+                skipped=StepKind.ROLLBACK,
+                revision=decision.revision,
+                recommendation=f"Roll {service} back to revision {decision.revision} by hand, "
+                "or re-run recover_service later",
+            )
         if decision.kind == StepKind.SKIP:
             return self.add(
                 StepKind.SKIP,
@@ -513,6 +657,15 @@ class _Planner:
                 skipped=StepKind.FORCE_DEPLOYMENT,
                 recommendation=f"Force a new deployment of {service} by hand if it does not "
                 "recover, or re-run recover_service later",
+            )
+        if decision.kind == StepKind.ROLLBACK:
+            return self.add(
+                StepKind.ROLLBACK,
+                decision.reason,
+                service=service,
+                revision=decision.revision,
+                task_definition=decision.task_definition,
+                expected_deployment_id=decision.deployment_id,
             )
         return self.add(
             decision.kind,
@@ -532,7 +685,7 @@ class _Planner:
             return None
         decision = decisions[self.mlflow_service]
         step = self._service_step(self.mlflow_service, decision)
-        if decision.kind == StepKind.SKIP:
+        if not decision.acts:
             return None
         if not self.target.mlflow_url:
             self.notes.append("No MLflow URL configured: MLflow's own answer cannot be awaited")
@@ -559,7 +712,8 @@ class _Planner:
             return
         mlflow, evidence = self._mlflow_state()
         registry_replaced = bool(self.registry_services) and all(
-            decisions.get(s, _Decision(StepKind.SKIP, "")).kind == StepKind.FORCE_DEPLOYMENT
+            decisions.get(s, _Decision(StepKind.SKIP, "")).kind
+            in (StepKind.FORCE_DEPLOYMENT, StepKind.ROLLBACK)
             for s in self.registry_services
         )
         where = self._where(b)
@@ -661,15 +815,7 @@ class _Planner:
                 self._service_step(service, decision)
 
     def _catch_all(self) -> None:
-        acting = {
-            StepKind.RESET_BREAKER,
-            StepKind.FORCE_DEPLOYMENT,
-            StepKind.WAIT_FOR_ROLLOUT,
-            StepKind.WAIT_FOR_MLFLOW,
-            StepKind.ESCALATE,
-            StepKind.SKIP,
-        }
-        if any(s.kind in acting for s in self.steps):
+        if any(s.kind not in _TAIL for s in self.steps):
             return
         issues = self.report.critical_issues or self.report.warnings
         listed = "; ".join(issues[:3]) + (f" (+{len(issues) - 3} more)" if len(issues) > 3 else "")
@@ -681,30 +827,34 @@ class _Planner:
         )
 
     def _tail(self) -> None:
-        waited = [
-            s
-            for s in self.steps
-            if s.kind in (StepKind.FORCE_DEPLOYMENT, StepKind.WAIT_FOR_ROLLOUT)
-            or s.kind == StepKind.RESET_BREAKER
-        ]
+        # Stabilisation follows every change made, and every rollout waited for.
+        waited = [s for s in self.steps if s.mutating or s.kind == StepKind.WAIT_FOR_ROLLOUT]
         if waited:
             services = [s.service for s in waited if s.service]
+            # A rollback is done when its revision's rollout completed, not any one.
+            revisions = {
+                s.service: s.revision
+                for s in waited
+                if s.kind == StepKind.ROLLBACK and s.service and s.revision
+            }
+            on = "".join(
+                f", {service} on revision {revision}" for service, revision in revisions.items()
+            )
             self.add(
                 StepKind.WAIT_FOR_STABILIZATION,
                 "Wait for real signals: "
                 + (
-                    f"ECS rollout of {', '.join(services)} complete (one deployment, running "
-                    "= desired), their targets healthy, then "
+                    f"ECS rollout of {', '.join(services)} complete (one deployment{on}, "
+                    "running = desired), their targets healthy, then "
                     if services
                     else ""
                 )
                 + "consecutive healthy answers from the API's /health",
                 services=services,
+                revisions=revisions,
                 depends_on=[s.number for s in waited],
             )
-        ecs_steps = any(
-            s.kind in (StepKind.FORCE_DEPLOYMENT, StepKind.WAIT_FOR_ROLLOUT) for s in self.steps
-        )
+        ecs_steps = any(s.service for s in waited)
         unhealthy_groups = any(g.bad or g.total == 0 for g in self.groups.values())
         if (ecs_steps or unhealthy_groups) and (self.target.target_groups or self.groups):
             self.add(
@@ -722,8 +872,8 @@ def plan_recovery(
     target: Target,
     history: RecoveryHistory | None = None,
     now: datetime | None = None,
-    cooldown_s: float = DEFAULT_COOLDOWN_S,
-    max_restarts: int = DEFAULT_MAX_RESTARTS,
+    cooldown_s: float = COOLDOWN_S,
+    max_restarts: int = MAX_RESTARTS,
 ) -> RecoveryPlan:
     """The recovery plan a diagnosis calls for (see the module docstring for the rules).
 

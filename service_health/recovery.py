@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, JsonValue
 from pydantic_core import to_jsonable_python
 
 from service_health.models import DiagnosticReport, Verdict
@@ -25,37 +25,61 @@ from service_health.models import DiagnosticReport, Verdict
 # --- steps and plans ----------------------------------------------------------------------
 
 
+class Effect(StrEnum):
+    """What carrying out a step does to the service."""
+
+    MUTATING = "mutating"  # changes it: a POST to the service, an AWS write
+    WAITING = "waiting"  # reads until a condition holds or a timeout passes
+    CHECKING = "checking"  # reads once
+    PASSIVE = "passive"  # no I/O: only writes its log entry (an escalation, a skip)
+
+
 class StepKind(StrEnum):
-    RESET_BREAKER = "reset_breaker"
-    FORCE_DEPLOYMENT = "force_deployment"
-    WAIT_FOR_ROLLOUT = "wait_for_rollout"
-    WAIT_FOR_MLFLOW = "wait_for_mlflow"
-    CHECK_ALB_TARGETS = "check_alb_targets"
-    WAIT_FOR_STABILIZATION = "wait_for_stabilization"
-    VERIFY = "verify"
-    ESCALATE = "escalate"
-    SKIP = "skip"
+    """The kinds of plan step, each with the title plans show and what it does.
+
+    A kind is declared here once, with its title and effect; the action that carries it
+    out is registered against it in tasks/recovery/ (every kind that is not passive must
+    have one: tests/recovery/test_registry.py). The title lives here, not with the action,
+    because plans are rendered by pure code that never imports tasks/.
+    """
+
+    heading: str
+    effect: Effect
+
+    def __new__(cls, value: str, heading: str, effect: Effect) -> StepKind:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.heading = heading
+        member.effect = effect
+        return member
+
+    RESET_BREAKER = "reset_breaker", "Reset the MLflow circuit breaker", Effect.MUTATING
+    FORCE_DEPLOYMENT = "force_deployment", "Force a new deployment", Effect.MUTATING
+    ROLLBACK = "rollback", "Roll back to an earlier revision", Effect.MUTATING
+    WAIT_FOR_ROLLOUT = "wait_for_rollout", "Wait for the running deployment", Effect.WAITING
+    WAIT_FOR_MLFLOW = "wait_for_mlflow", "Wait for MLflow to answer", Effect.WAITING
+    CHECK_ALB_TARGETS = (
+        "check_alb_targets",
+        "Check load balancer target health",
+        Effect.CHECKING,
+    )
+    WAIT_FOR_STABILIZATION = "wait_for_stabilization", "Wait for stabilisation", Effect.WAITING
+    VERIFY = "verify", "Verify with a final diagnosis", Effect.CHECKING
+    ESCALATE = "escalate", "Escalate to an operator", Effect.PASSIVE
+    SKIP = "skip", "Skip", Effect.PASSIVE
+
+    @property
+    def mutating(self) -> bool:
+        return self.effect is Effect.MUTATING
+
+    @property
+    def passive(self) -> bool:
+        return self.effect is Effect.PASSIVE
 
 
-# Steps that change the system (a POST to the service, an AWS write).
-MUTATING_KINDS = frozenset({StepKind.RESET_BREAKER, StepKind.FORCE_DEPLOYMENT})
-# Steps whose execution needs no I/O: they only log.
-PASSIVE_KINDS = frozenset({StepKind.ESCALATE, StepKind.SKIP})
 # Steps that run when at least one of their dependencies succeeded (they narrow to those);
 # every other step needs all of its dependencies to succeed.
 _ANY_DEPENDENCY = frozenset({StepKind.WAIT_FOR_STABILIZATION})
-
-_TITLES = {
-    StepKind.RESET_BREAKER: "Reset the MLflow circuit breaker",
-    StepKind.FORCE_DEPLOYMENT: "Force a new deployment",
-    StepKind.WAIT_FOR_ROLLOUT: "Wait for the running deployment",
-    StepKind.WAIT_FOR_MLFLOW: "Wait for MLflow to answer",
-    StepKind.CHECK_ALB_TARGETS: "Check load balancer target health",
-    StepKind.WAIT_FOR_STABILIZATION: "Wait for stabilisation",
-    StepKind.VERIFY: "Verify with a final diagnosis",
-    StepKind.ESCALATE: "Escalate to an operator",
-    StepKind.SKIP: "Skip",
-}
 
 
 class RecoveryStep(BaseModel):
@@ -64,17 +88,22 @@ class RecoveryStep(BaseModel):
     number: int  # 1-based position in the plan; dependencies refer to it
     kind: StepKind
     reason: str
-    # force_deployment, wait_for_rollout, and a skip of either: the ECS service.
+    # force_deployment, rollback, wait_for_rollout, and a skip of one: the ECS service.
     service: str | None = None
     # wait_for_stabilization: the ECS services to wait for ([] = the API's /health only).
     services: list[str] = Field(default_factory=list)
+    # rollback: the revision rolled back to ("family:N") and its task definition ARN;
+    # wait_for_stabilization: service -> the revision its PRIMARY deployment must run.
+    revision: str | None = None
+    task_definition: str | None = None
+    revisions: dict[str, str] = Field(default_factory=dict)
     # reset_breaker: replica addresses ("host:port"); None = once through the API URL.
     replicas: list[str] | None = None
     # reset_breaker planned from a partial (sampled) view of the replicas.
     partial_view: bool = False
-    # force_deployment: the primary deployment id seen when planning. The task forces a new
-    # deployment only while this is still the primary one, so a retry or a second recovery
-    # never restarts twice.
+    # force_deployment, rollback: the primary deployment id seen when planning. The task
+    # updates the service only while this is still the primary one, so a retry or a second
+    # recovery never restarts (or rolls back) twice.
     expected_deployment_id: str | None = None
     # skip: the kind of step that was not planned.
     skipped: StepKind | None = None
@@ -83,7 +112,7 @@ class RecoveryStep(BaseModel):
 
     @property
     def mutating(self) -> bool:
-        return self.kind in MUTATING_KINDS
+        return self.kind.mutating
 
     @property
     def action(self) -> str:
@@ -103,10 +132,12 @@ class RecoveryStep(BaseModel):
 
     @property
     def title(self) -> str:
+        if self.kind == StepKind.ROLLBACK and self.service and self.revision:
+            return f"Roll back {self.service} to revision {self.revision}"
         if self.kind == StepKind.SKIP and self.skipped is not None:
-            title = f"Skip: {_TITLES[self.skipped].lower()}"
+            title = f"Skip: {self.skipped.heading.lower()}"
         else:
-            title = _TITLES[self.kind]
+            title = self.kind.heading
         subject = self.subject
         return f"{title} ({subject})" if subject else title
 
@@ -136,8 +167,9 @@ class RecoveryPlan(BaseModel):
         return [s.service for s in self.steps if s.kind == StepKind.FORCE_DEPLOYMENT and s.service]
 
     @property
-    def escalations(self) -> list[RecoveryStep]:
-        return [s for s in self.steps if s.kind == StepKind.ESCALATE]
+    def rollbacks(self) -> list[str]:
+        """ECS services the plan rolls back to an earlier revision."""
+        return [s.service for s in self.steps if s.kind == StepKind.ROLLBACK and s.service]
 
     def step(self, number: int) -> RecoveryStep:
         return self.steps[number - 1]
@@ -213,7 +245,7 @@ class RecoveryLogEntry(BaseModel):
     dry_run: bool = False
     step: int | None = None
     subject: str | None = None  # a service, a replica address, a target group
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, JsonValue] = Field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -232,19 +264,28 @@ class RecoveryLogEntry(BaseModel):
         }
 
 
-class ActionResult(BaseModel):
-    """What one step (one task) did: success, its log entries, and data later steps use."""
+class ActionData(BaseModel):
+    """What an action reports beyond its log entries, for the steps and tests that read it.
+    Each action family defines its own (tasks/recovery/)."""
+
+
+# The data of an action result; covariant, so that a reset's result is an action result.
+DataT = TypeVar("DataT", bound=ActionData | None, covariant=True)
+
+
+class ActionResult(BaseModel, Generic[DataT]):
+    """What one step (one task) did: success, its log entries, and its typed data."""
 
     step: int | None = None
     action: str
     success: bool
     entries: list[RecoveryLogEntry] = Field(default_factory=list)
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: DataT
     report: DiagnosticReport | None = None  # verify: the final diagnosis
     # Set when the step was not carried out at all (blocked, skip, escalate, dry run).
     not_run: bool = False
 
-    def numbered(self, step: int) -> ActionResult:
+    def numbered(self, step: int) -> Self:
         """A copy attributed to plan step `step` (entries included)."""
         return self.model_copy(
             update={
@@ -254,13 +295,17 @@ class ActionResult(BaseModel):
         )
 
 
+# A result whose data is unknown to the reader (the flow applying a plan reads none).
+AnyActionResult = ActionResult[ActionData | None]
+
+
 def entry_for(
     step: RecoveryStep,
     status: EntryStatus,
     details: str,
     *,
     dry_run: bool = False,
-    data: dict[str, Any] | None = None,
+    data: dict[str, JsonValue] | None = None,
 ) -> RecoveryLogEntry:
     return RecoveryLogEntry(
         action=step.action,
@@ -273,7 +318,16 @@ def entry_for(
     )
 
 
-def passive_result(step: RecoveryStep) -> ActionResult:
+def action_entry(
+    action: str, status: EntryStatus, details: str, subject: str | None = None, **data: JsonValue
+) -> RecoveryLogEntry:
+    """An entry an action writes as it goes (`step` is set once the result is numbered)."""
+    return RecoveryLogEntry(
+        action=str(action), status=status, details=details, subject=subject, data=data
+    )
+
+
+def passive_result(step: RecoveryStep) -> ActionResult[None]:
     """The log of a step that needs no I/O: an escalation or a skip.
 
     An escalation "succeeds" in the sense that it was recorded; it never counts as a repair
@@ -284,27 +338,35 @@ def passive_result(step: RecoveryStep) -> ActionResult:
             f" Recommendation: {step.recommendation}" if step.recommendation else ""
         )
         entry = entry_for(step, EntryStatus.ESCALATED, text)
-        return ActionResult(step=step.number, action=step.action, success=True, entries=[entry])
+        return ActionResult(
+            step=step.number, action=step.action, success=True, entries=[entry], data=None
+        )
     if step.kind == StepKind.SKIP:
         entry = entry_for(
             step, EntryStatus.SKIPPED, step.reason, data={"skipped": str(step.skipped or "")}
         )
         return ActionResult(
-            step=step.number, action=step.action, success=False, entries=[entry], not_run=True
+            step=step.number,
+            action=step.action,
+            success=False,
+            entries=[entry],
+            data=None,
+            not_run=True,
         )
     raise ValueError(f"step {step.number} ({step.kind}) needs I/O; run it through its task")
 
 
-def blocked_result(step: RecoveryStep, reason: str) -> ActionResult:
+def blocked_result(step: RecoveryStep, reason: str) -> ActionResult[None]:
     """A step not carried out because a step it depends on did not succeed."""
     entry = entry_for(step, EntryStatus.SKIPPED, f"Not run: {reason}")
     return ActionResult(
-        step=step.number, action=step.action, success=False, entries=[entry], not_run=True
-    )
+        step=step.number, action=step.action, success=False, entries=[entry], data=None,
+        not_run=True,
+    )  # fmt: skip
 
 
 def prepare_step(
-    step: RecoveryStep, plan: RecoveryPlan, results: Mapping[int, ActionResult]
+    step: RecoveryStep, plan: RecoveryPlan, results: Mapping[int, AnyActionResult]
 ) -> RecoveryStep | str:
     """The step as it should run now, or the reason it must not run.
 
@@ -326,7 +388,8 @@ def prepare_step(
         services = [s for s in step.services if s in ok_services]
         if not services and not resets:
             return f"none of steps {_numbers(failed)} succeeded"
-        return step.model_copy(update={"services": services})
+        revisions = {s: r for s, r in step.revisions.items() if s in services}
+        return step.model_copy(update={"services": services, "revisions": revisions})
     if failed:
         what = ", ".join(f"{n} ({plan.step(n).title})" for n in failed)
         return f"step{'s' if len(failed) > 1 else ''} {what} did not succeed"
@@ -365,11 +428,13 @@ def rejection_entry(reason: str) -> RecoveryLogEntry:
     return RecoveryLogEntry(action="approval", status=EntryStatus.REJECTED, details=reason)
 
 
-def verification_result(step: RecoveryStep, report: DiagnosticReport | None) -> ActionResult:
+def verification_result(step: RecoveryStep, report: DiagnosticReport | None) -> ActionResult[None]:
     """The verify step's result from the final diagnosis (None: it could not run)."""
     if report is None:
         entry = entry_for(step, EntryStatus.FAILED, "Final diagnosis could not run")
-        return ActionResult(step=step.number, action=step.action, success=False, entries=[entry])
+        return ActionResult(
+            step=step.number, action=step.action, success=False, entries=[entry], data=None
+        )
     verdict = report.overall_status
     issues = report.critical_issues or report.warnings
     details = f"Final diagnosis: {verdict.value}"
@@ -390,95 +455,15 @@ def verification_result(step: RecoveryStep, report: DiagnosticReport | None) -> 
         action=step.action,
         success=verdict == Verdict.HEALTHY,
         entries=[entry],
+        data=None,
         report=report,
     )
 
 
-# --- rollout state (boto3's services_stable waiter, plus the rollout state) ---------------
+# --- times ------------------------------------------------------------------------------
 
 
-class ServiceRollout(BaseModel):
-    name: str
-    arn: str | None = None
-    status: str | None = None
-    desired: int | None = None
-    running: int | None = None
-    deployments: int = 0
-    rollout_state: str | None = None
-    primary_deployment_id: str | None = None
-    primary_created_at: str | None = None
-    target_group_arns: list[str] = Field(default_factory=list)
-
-    @property
-    def stable(self) -> bool:
-        """The services_stable waiter's success condition (one deployment, running ==
-        desired) plus a primary rollout that is not IN_PROGRESS."""
-        return (
-            self.status == "ACTIVE"
-            and self.deployments == 1
-            and self.running is not None
-            and self.running == self.desired
-            and self.rollout_state != "IN_PROGRESS"
-        )
-
-    @property
-    def gone(self) -> bool:
-        """The waiter's failure condition: the service is missing, draining or inactive."""
-        return self.status in ("MISSING", "DRAINING", "INACTIVE")
-
-    def describe(self) -> str:
-        rollout = f", {self.rollout_state}" if self.rollout_state else ""
-        return (
-            f"{self.name} {self.running}/{self.desired} running, "
-            f"{self.deployments} deployment{'s' if self.deployments != 1 else ''}{rollout}"
-            + ("" if self.status in (None, "ACTIVE") else f", {self.status}")
-        )
-
-
-def read_rollouts(response: Mapping[str, Any] | None, names: Sequence[str]) -> list[ServiceRollout]:
-    """DescribeServices -> one ServiceRollout per requested name (MISSING when absent).
-
-    Tolerant: entries or fields of the wrong type are ignored, never raised on."""
-    found: dict[str, ServiceRollout] = {}
-    for raw in _list((response or {}).get("services") if isinstance(response, Mapping) else None):
-        name = _str(raw.get("serviceName")) if isinstance(raw, dict) else None
-        if not name:
-            continue
-        deployments = [d for d in _list(raw.get("deployments")) if isinstance(d, dict)]
-        primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
-        created = primary.get("createdAt") if primary else None
-        found[name] = ServiceRollout(
-            name=name,
-            arn=_str(raw.get("serviceArn")) or None,
-            status=_str(raw.get("status")),
-            desired=_int(raw.get("desiredCount")),
-            running=_int(raw.get("runningCount")),
-            deployments=len(deployments),
-            rollout_state=_str(primary.get("rolloutState")) if primary else None,
-            primary_deployment_id=_str(primary.get("id")) if primary else None,
-            primary_created_at=str(created) if created else None,
-            target_group_arns=[
-                str(lb["targetGroupArn"])
-                for lb in _list(raw.get("loadBalancers"))
-                if isinstance(lb, dict) and lb.get("targetGroupArn")
-            ],
-        )
-    return [found.get(name) or ServiceRollout(name=name, status="MISSING") for name in names]
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def parse_time(value: Any) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
     """An ISO 8601 time (naive taken as UTC), a datetime, or epoch seconds."""
     if isinstance(value, datetime):
         moment = value
@@ -500,7 +485,7 @@ def parse_time(value: Any) -> datetime | None:
 # --- the outcome --------------------------------------------------------------------------
 
 
-class Outcome(StrEnum):
+class RecoveryOutcome(StrEnum):
     """How a recovery run ended; the value is the flow run's final state name."""
 
     RECOVERED = "Recovered"
@@ -509,6 +494,10 @@ class Outcome(StrEnum):
     REJECTED = "Rejected"  # the operator rejected the plan, or approval timed out
     PARTIALLY_RECOVERED = "Partially recovered"
     FAILED = "Failed"
+    # Standing down (service_health/standdown.py): the plan is published, nothing applied.
+    FROZEN = "Frozen"  # a freeze Variable is in force
+    STOOD_DOWN = "Stood down"  # the flap guard: too many recent failed automatic recoveries
+    SKIPPED = "Skipped"  # automatic remediation over its budget: escalate
 
     @property
     def state_name(self) -> str:
@@ -517,7 +506,7 @@ class Outcome(StrEnum):
     @property
     def succeeded(self) -> bool:
         """The service ended healthy (or was healthy): the seed's overall_success."""
-        return self in (Outcome.RECOVERED, Outcome.ALREADY_HEALTHY)
+        return self in (RecoveryOutcome.RECOVERED, RecoveryOutcome.ALREADY_HEALTHY)
 
     @property
     def exit_code(self) -> int:
@@ -528,20 +517,17 @@ class Outcome(StrEnum):
     def is_failure(self) -> bool:
         """Whether the flow run should end in a Failed-type state (the others are
         Completed-type states with the outcome as their name)."""
-        return self == Outcome.FAILED
-
-
-_VERDICT_RANK = {Verdict.HEALTHY: 0, Verdict.DEGRADED: 1, Verdict.CRITICAL: 2}
+        return self == RecoveryOutcome.FAILED
 
 
 def decide_outcome(
     plan: RecoveryPlan,
-    results: Sequence[ActionResult],
+    results: Sequence[AnyActionResult],
     final_report: DiagnosticReport | None,
     *,
     dry_run: bool,
     rejected: bool = False,
-) -> Outcome:
+) -> RecoveryOutcome:
     """Already healthy > Planned (dry run) > Rejected > what the final diagnosis says.
 
     Recovered: the final diagnosis is healthy. Partially recovered: not healthy, but better
@@ -549,25 +535,25 @@ def decide_outcome(
     longer critical. Failed otherwise (escalations alone never count as a repair).
     """
     if plan.already_healthy:
-        return Outcome.ALREADY_HEALTHY
+        return RecoveryOutcome.ALREADY_HEALTHY
     if dry_run:
-        return Outcome.PLANNED
+        return RecoveryOutcome.PLANNED
     if rejected:
-        return Outcome.REJECTED
+        return RecoveryOutcome.REJECTED
     if final_report is None:
-        return Outcome.FAILED
+        return RecoveryOutcome.FAILED
     final = final_report.overall_status
     if final == Verdict.HEALTHY:
-        return Outcome.RECOVERED
+        return RecoveryOutcome.RECOVERED
     corrected = any(
         r.success and r.step is not None and plan.step(r.step).mutating
         for r in results
         if r.step is not None and 0 < r.step <= len(plan.steps)
     )
-    improved = _VERDICT_RANK[final] < _VERDICT_RANK[plan.verdict]
+    improved = final.rank < plan.verdict.rank
     if improved or (corrected and final != Verdict.CRITICAL):
-        return Outcome.PARTIALLY_RECOVERED
-    return Outcome.FAILED
+        return RecoveryOutcome.PARTIALLY_RECOVERED
+    return RecoveryOutcome.FAILED
 
 
 class RecoveryResult(BaseModel):
@@ -579,7 +565,7 @@ class RecoveryResult(BaseModel):
     recovery_log: list[RecoveryLogEntry] = Field(default_factory=list)
     overall_success: bool
     duration_seconds: float
-    outcome: Outcome
+    outcome: RecoveryOutcome
     message: str
     plan: RecoveryPlan
     initial_verdict: Verdict
@@ -612,33 +598,33 @@ class RecoveryResult(BaseModel):
         }
 
 
-def _message(outcome: Outcome, plan: RecoveryPlan, final: DiagnosticReport | None) -> str:
+def _message(outcome: RecoveryOutcome, plan: RecoveryPlan, final: DiagnosticReport | None) -> str:
     target = plan.target
-    if outcome == Outcome.ALREADY_HEALTHY:
+    if outcome == RecoveryOutcome.ALREADY_HEALTHY:
         return f"{target} was already healthy: nothing to do"
-    if outcome == Outcome.PLANNED:
+    if outcome == RecoveryOutcome.PLANNED:
         mutations = sum(1 for s in plan.steps if s.mutating)
         return (
             f"Dry run for {target}: {len(plan.steps)} step(s) planned, {mutations} of them "
             "mutating; nothing was changed"
         )
-    if outcome == Outcome.REJECTED:
+    if outcome == RecoveryOutcome.REJECTED:
         return f"Recovery of {target} was not approved: nothing was changed"
     if final is None:
         return f"Recovery of {target} could not verify the result"
     verdict = final.overall_status.value
     issue = (final.critical_issues or final.warnings or [""])[0]
     tail = f": {issue}" if issue else ""
-    if outcome == Outcome.RECOVERED:
+    if outcome == RecoveryOutcome.RECOVERED:
         return f"{target} recovered: the final diagnosis is healthy"
-    if outcome == Outcome.PARTIALLY_RECOVERED:
+    if outcome == RecoveryOutcome.PARTIALLY_RECOVERED:
         return f"{target} partially recovered: the final diagnosis is {verdict}{tail}"
     return f"Recovery of {target} failed: the final diagnosis is {verdict}{tail}"
 
 
 def build_result(
     plan: RecoveryPlan,
-    results: Sequence[ActionResult],
+    results: Sequence[AnyActionResult],
     *,
     started_at: datetime,
     duration_s: float,

@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from service_health.markdown import cell
 from service_health.recovery import RecoveryLogEntry, RecoveryPlan, RecoveryResult
 
 _MARK = {"success": "OK", "failed": "FAIL", "skipped": "SKIP", "planned": "PLAN",
          "escalated": "ESC", "rejected": "REJ"}  # fmt: skip
-
-
-def _cell(text: str) -> str:
-    """Markdown table cell: no pipes or line breaks from the data."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def plan_table(plan: RecoveryPlan) -> list[dict[str, Any]]:
@@ -67,8 +63,8 @@ def _plan_lines(plan: RecoveryPlan) -> list[str]:
         after = ", ".join(str(n) for n in s.depends_on)
         reason = s.reason + (f" **Recommendation:** {s.recommendation}" if s.recommendation else "")
         lines.append(
-            f"| {s.number} | {_cell(s.title)} | {'yes' if s.mutating else ''} | {after} | "
-            f"{_cell(reason)} |"
+            f"| {s.number} | {cell(s.title)} | {'yes' if s.mutating else ''} | {after} | "
+            f"{cell(reason)} |"
         )
     lines.append("")
     if plan.notes:
@@ -90,7 +86,7 @@ def _log_lines(entries: Sequence[RecoveryLogEntry]) -> list[str]:
         status = f"{e.status}" + (" (dry run)" if e.dry_run else "")
         lines.append(
             f"| {e.timestamp} | {e.step if e.step is not None else ''} | {e.action} | "
-            f"{_cell(e.subject or '')} | {status} | {_cell(e.details)} |"
+            f"{cell(e.subject or '')} | {status} | {cell(e.details)} |"
         )
     lines.append("")
     return lines

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import (
+    parse_qsl,
+    quote,
+    quote_plus,
+    unquote,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
 
 from pydantic import BaseModel, SecretStr
 
@@ -40,6 +48,8 @@ _SECRET_KEYS = (_SECRET_PARAMS - {"key", "auth"}) | {
 # Userinfo of any URL embedded in free text: scheme://user:pass@ or scheme://token@.
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/@]+@")
 _LOOSE_USERINFO = re.compile(r"[^\s/@]+@")
+# A URL in free text, up to the first character that cannot be part of it in a sentence.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>`]+")
 _MAX_DEPTH = 64
 
 
@@ -70,6 +80,17 @@ def redact_url(url: str) -> str:
         return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", url)
 
 
+def _url_password(value: str) -> set[str]:
+    """A secret URL's password alone (as written and decoded): a server may echo it."""
+    if "://" not in value:
+        return set()
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        return set()
+    return {password, unquote(password)} - {""} if password else set()
+
+
 def _unwrap(secret: str | SecretStr | None) -> str | None:
     if isinstance(secret, SecretStr):
         return secret.get_secret_value()
@@ -85,15 +106,19 @@ class Redactor:
             value = _unwrap(secret)
             if not value:
                 continue  # an empty secret would match everywhere
-            forms.update({value, quote(value, safe=""), quote_plus(value), quote(value)})
+            for part in {value, *_url_password(value)}:
+                forms.update({part, quote(part, safe=""), quote_plus(part), quote(part)})
         # Longest first, so a secret containing another is replaced whole.
         ordered = sorted(forms, key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(f) for f in ordered)) if ordered else None
 
     def text(self, s: str) -> str:
-        """The text with secrets and URL credentials masked."""
+        """The text with secrets and URL credentials (userinfo, credential query
+        parameters of any URL in it) masked."""
         if self._pattern is not None:
             s = self._pattern.sub(MASK, s)
+        if "://" in s:
+            s = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), s)
         return _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", s)
 
     def obj(self, o: Any) -> Any:

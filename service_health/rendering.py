@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service_health.markdown import cell
 from service_health.models import CheckResult, DiagnosticReport
 
 _MARK = {"healthy": "OK", "degraded": "WARN", "recovering": "WAIT", "unhealthy": "FAIL",
@@ -42,16 +43,11 @@ def checks_table(report: DiagnosticReport) -> list[dict[str, Any]]:
     ]
 
 
-def _cell(text: str) -> str:
-    """Markdown table cell: no pipes or line breaks from the data."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _bullets(items: list[str]) -> list[str]:
     return [f"- {item}" for item in items] if items else ["- none"]
 
 
-def report_markdown(report: DiagnosticReport) -> str:
+def diagnosis_markdown(report: DiagnosticReport) -> str:
     """Verdict first, then issues, recommendations and a table of checks."""
     verdict = report.overall_status
     lines = [
@@ -75,7 +71,7 @@ def report_markdown(report: DiagnosticReport) -> str:
     for row in checks_table(report):
         duration = "" if row["duration_ms"] is None else f"{row['duration_ms']:.0f}"
         lines.append(
-            f"| {_cell(row['check'])} | {row['status']} | {duration} | {_cell(row['summary'])} |"
+            f"| {cell(row['check'])} | {row['status']} | {duration} | {cell(row['summary'])} |"
         )
     evidence = [
         f"- **{name}**: {', '.join(check.evidence)}"
@@ -87,7 +83,7 @@ def report_markdown(report: DiagnosticReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def human_summary(report: DiagnosticReport) -> str:
+def diagnosis_text(report: DiagnosticReport) -> str:
     """Plain-text terminal output: components, verdict, issues, recommendations, duration."""
     rows = _rows(report)
     width = max((len(name) for name, _ in rows), default=10)

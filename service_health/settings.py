@@ -33,16 +33,28 @@ class ConfigError(ValueError):
         super().__init__(" ".join(message.split()))
 
 
+# Defaults, defined once: the thresholds below, the flows' parameters, the tasks and the
+# command lines read them from here.
+REQUEST_TIMEOUT_S = 5.0  # one request
+SLOW_RESPONSE_S = 5.0  # an API answer slower than this is a warning
+DEADLINE_S = 30.0  # a whole diagnosis
+STABILIZATION_TIMEOUT_S = 300.0  # the recovery's wait for the service to stabilise
+MLFLOW_WAIT_TIMEOUT_S = 120.0  # the recovery's wait for MLflow to answer after its restart
+CONSECUTIVE_HEALTHY = 2  # healthy /health answers in a row that end a stabilisation wait
+COOLDOWN_S = 600.0  # an ECS service restarted by a recovery this recently is left alone
+MAX_RESTARTS = 2  # ECS services one recovery may restart
+
+
 class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    slow_response_s: float = Field(5.0, gt=0, allow_inf_nan=False)
+    slow_response_s: float = Field(SLOW_RESPONSE_S, gt=0, allow_inf_nan=False)
     # The registry's own MLflow client gives up after 2 s: slower answers fail there.
     mlflow_slow_s: float = Field(2.0, gt=0, allow_inf_nan=False)
     db_slow_s: float = Field(1.0, gt=0, allow_inf_nan=False)
     redis_slow_ms: float = Field(100.0, gt=0, allow_inf_nan=False)
-    deadline_s: float = Field(30.0, gt=0, allow_inf_nan=False)  # the whole diagnosis
-    request_timeout_s: float = Field(5.0, gt=0, allow_inf_nan=False)  # one request
+    deadline_s: float = Field(DEADLINE_S, gt=0, allow_inf_nan=False)  # the whole diagnosis
+    request_timeout_s: float = Field(REQUEST_TIMEOUT_S, gt=0, allow_inf_nan=False)
     per_service_concurrency: int = Field(4, ge=1)
     # An MLflow-touching request is given as long as the service's own MLflow client may
     # retry (about 10 s a check, two checks for /ready): cut short, it would go on holding
@@ -133,6 +145,9 @@ class _TargetFields(BaseModel):
     # targets, or `replicas` below).
     samples: int = Field(4, ge=1, le=32)
     replicas: int | None = Field(None, ge=1, le=1000)  # registry replicas, when known
+    # A recovery may roll an ECS service back to an earlier revision without asking an
+    # operator first (otherwise a plan with a rollback always waits for approval).
+    allow_automatic_rollback: bool = False
     secret_blocks: SecretBlocks = Field(default_factory=SecretBlocks)
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
@@ -283,6 +298,10 @@ class EnvSettings(BaseSettings):
     )
     replicas: int | None = Field(
         None, ge=1, le=1000, validation_alias=AliasChoices("REGISTRY_REPLICAS", "replicas")
+    )
+    allow_automatic_rollback: bool | None = Field(
+        None,
+        validation_alias=AliasChoices("ALLOW_AUTOMATIC_ROLLBACK", "allow_automatic_rollback"),
     )
 
     @field_validator(

@@ -1,8 +1,12 @@
-"""boto3 calls that never raise: each answer or failure becomes an AwsObservation.
+"""AWS clients, and boto3 calls that never raise: each answer or failure becomes an
+AwsObservation.
 
-Clients get explicit connect/read timeouts and botocore's adaptive retry mode, which
-retries throttling and transient errors with backoff; definitive errors (AccessDenied,
-unknown resources) come back at once.
+Clients for reads are read-only (tasks/readonly.py: anything but Describe*/List*/Get* is
+refused before it is sent) and get explicit connect/read timeouts and botocore's adaptive
+retry mode, which retries throttling and transient errors with backoff; definitive errors
+(AccessDenied, unknown resources) come back at once. The ECS client that may write exists
+for the recovery's ActionContext only; for UpdateService it has no botocore retry
+(tasks/retries.py says why).
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ import asyncio
 import functools
 import time
 from datetime import date, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import urlsplit
 
 import boto3
-from botocore.config import Config
+from botocore.client import BaseClient
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -24,12 +28,15 @@ from botocore.exceptions import (
 )
 
 from service_health.observations import AwsObservation
+from service_health.settings import Target
+from tasks.readonly import MutationRefused, read_only_aws
+from tasks.retries import aws_read_config, aws_write_config
 
-BOTO_CONFIG = Config(
-    connect_timeout=3,
-    read_timeout=5,
-    retries={"mode": "adaptive", "max_attempts": 4},
-)
+if TYPE_CHECKING:  # the stubs are a development dependency
+    from mypy_boto3_ecs import ECSClient
+    from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
+
+ServiceName = Literal["ecs", "elbv2", "rds", "cloudwatch"]
 
 
 @functools.cache
@@ -57,18 +64,64 @@ def make_session(region: str | None, credentials_block: str | None = None) -> bo
     if credentials_block:
         from prefect_aws import AwsCredentials
 
-        creds = cast(AwsCredentials, AwsCredentials.load(credentials_block))
+        # Called in worker threads whose copied context holds an async run: Prefect would
+        # dispatch `load` to its coroutine there (never awaited), so sync is asked for.
+        creds = cast(AwsCredentials, AwsCredentials.load(credentials_block, _sync=True))  # type: ignore[call-arg]
         session: boto3.Session = creds.get_boto3_session()
         return session
     return boto3.Session(region_name=region)
 
 
 def make_client(
-    session: boto3.Session, service: str, region: str | None, endpoint_url: str | None
-) -> Any:
-    return cast(Any, session).client(
-        service, region_name=region, endpoint_url=endpoint_url or None, config=BOTO_CONFIG
+    session: boto3.Session, service: ServiceName, region: str | None, endpoint_url: str | None
+) -> BaseClient:
+    """A read-only client (tasks/readonly.py): timeouts, adaptive retries, and every
+    operation but Describe*/List*/Get* refused before it is sent."""
+    return read_only_aws(
+        session.client(
+            service, region_name=region, endpoint_url=endpoint_url or None, config=aws_read_config()
+        )
     )
+
+
+def _read_client(service: ServiceName, target: Target) -> BaseClient:
+    from tasks.aws_clients import read_client  # it imports this module
+
+    return read_client(
+        service, target.aws_region, target.aws_endpoint_url, target.aws_credentials_block
+    )
+
+
+def ecs_client(target: Target) -> ECSClient:
+    """The target's ECS client, read-only."""
+    return cast("ECSClient", _read_client("ecs", target))
+
+
+def elbv2_client(target: Target) -> ElasticLoadBalancingv2Client:
+    """The target's ELBv2 client, read-only."""
+    return cast("ElasticLoadBalancingv2Client", _read_client("elbv2", target))
+
+
+def ecs_write_client(target: Target, *, idempotent: bool = False) -> ECSClient:
+    """The target's ECS client that may write. Only for the recovery's ActionContext
+    (tasks/recovery/registry.py; tests/recovery/test_read_only.py checks who calls it).
+
+    Without botocore retries (UpdateService is not idempotent: tasks/retries.py), unless
+    `idempotent` (TagResource, say), which keeps the reads' adaptive retries.
+    """
+    from tasks.aws_clients import made
+
+    def make(session: boto3.Session) -> BaseClient:
+        return session.client(
+            "ecs",
+            region_name=target.aws_region,
+            endpoint_url=target.aws_endpoint_url or None,
+            config=aws_read_config() if idempotent else aws_write_config(),
+        )
+
+    # The process's shared session (tasks/aws_clients.py): a new one would load the ECS
+    # model again, a few hundred milliseconds before the recovery's first write.
+    return cast("ECSClient", made(make, target.aws_region, target.aws_credentials_block))
 
 
 def _plain(value: Any) -> Any:
@@ -82,7 +135,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def call_sync(client: Any, service: str, operation: str, **params: Any) -> AwsObservation:
+def call_sync(client: BaseClient, service: str, operation: str, **params: Any) -> AwsObservation:
     started = time.perf_counter()
 
     def elapsed() -> float:
@@ -90,6 +143,8 @@ def call_sync(client: Any, service: str, operation: str, **params: Any) -> AwsOb
 
     try:
         response = getattr(client, operation)(**params)
+    except MutationRefused:
+        raise  # a bug in the caller, not an answer from AWS
     except ClientError as exc:
         err = exc.response.get("Error", {})
         return AwsObservation(
@@ -144,6 +199,6 @@ def call_sync(client: Any, service: str, operation: str, **params: Any) -> AwsOb
     )
 
 
-async def call(client: Any, service: str, operation: str, **params: Any) -> AwsObservation:
+async def call(client: BaseClient, service: str, operation: str, **params: Any) -> AwsObservation:
     """`call_sync` off the event loop (boto3 is blocking)."""
     return await asyncio.to_thread(call_sync, client, service, operation, **params)

@@ -10,54 +10,43 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, ParamSpec
 
-import httpx
-from prefect import Task, task
-from prefect.cache_policies import NONE
-from prefect.tasks import exponential_backoff
+from prefect import Task
 
 from service_health import assessment
-from service_health.endpoints import ENDPOINTS
+from service_health.aws_responses import read_target_groups
+from service_health.endpoints import (
+    ENDPOINTS,
+    HEALTH,
+    HEALTH_MLFLOW,
+    METRICS,
+    MLFLOW_HEALTH,
+    MLFLOW_SEARCH,
+    READY,
+)
 from service_health.models import CheckResult
+from service_health.observations import AwsObservation
 from tasks.datastores import probe_redis
-from tasks.evidence import Evidence, dicts
-
-
-def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
-    # botocore is imported here, not at module level: a run without AWS never loads it.
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-
-    try:
-        state.result()
-    except (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError):
-        return True
-    except Exception:
-        return False
-    return False
-
+from tasks.deploys import read_deploys
+from tasks.evidence import Evidence
+from tasks.retries import io_task
 
 P = ParamSpec("P")
 CheckFn = Callable[P, Coroutine[Any, Any, CheckResult]]
 
 
 def check_task(name: str) -> Callable[[CheckFn[P]], Task[P, Coroutine[Any, Any, CheckResult]]]:
-    """The task options every check shares. No caching: each run reads the service anew."""
-    return task(
-        name=name,
-        cache_policy=NONE,
-        retries=2,
-        retry_delay_seconds=exponential_backoff(backoff_factor=0.5),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=_transient_only,
-        persist_result=False,
-    )
+    """The task options every check shares (tasks/retries.py): no caching, each run reads
+    the service anew; two retries of an escaped transient exception."""
+    return io_task(name=name, retries=2)
 
 
 @check_task(name="check-api-connectivity")
 async def check_api_connectivity(ev: Evidence) -> CheckResult:
     return assessment.assess_api_connectivity(
-        await ev.endpoint("/health"), ev.target.thresholds.slow_response_s
+        await ev.endpoint(HEALTH), ev.target.thresholds.slow_response_s
     )
 
 
@@ -66,16 +55,14 @@ async def check_health_endpoints(ev: Evidence) -> CheckResult:
     # Every endpoint; Evidence sends them under the request discipline (light ones first,
     # MLflow-touching ones one at a time per replica). A replica's own /health/mlflow answer
     # stands in for the load balancer's, so that no replica is asked twice.
-    others = [path for path in ENDPOINTS if path != "/health/mlflow"]
+    others = [path for path in ENDPOINTS if path != HEALTH_MLFLOW]
     gathered: list[Any] = await asyncio.gather(
         ev.breaker_views(), *(ev.endpoint(path) for path in others)
     )
     views, _ = gathered[0]
     fetched: dict[str, Any] = dict(zip(others, gathered[1:], strict=True))
     direct = next((v for k, v in views.items() if not k.startswith("sample-")), None)
-    fetched["/health/mlflow"] = (
-        direct if direct is not None else await ev.endpoint("/health/mlflow")
-    )
+    fetched[HEALTH_MLFLOW] = direct if direct is not None else await ev.endpoint(HEALTH_MLFLOW)
     observations = {path: fetched[path] for path in ENDPOINTS}
     t = ev.target.thresholds
     result = assessment.assess_health_endpoints(
@@ -88,7 +75,7 @@ async def check_health_endpoints(ev: Evidence) -> CheckResult:
 @check_task(name="check-circuit-breaker")
 async def check_circuit_breaker(ev: Evidence) -> CheckResult:
     (views, partial), ready, metrics = await asyncio.gather(
-        ev.breaker_views(), ev.endpoint("/ready"), ev.endpoint("/metrics")
+        ev.breaker_views(), ev.endpoint(READY), ev.endpoint(METRICS)
     )
     return assessment.assess_circuit_breaker(views, ready, metrics, partial)
 
@@ -97,9 +84,7 @@ async def check_circuit_breaker(ev: Evidence) -> CheckResult:
 async def check_mlflow(ev: Evidence) -> CheckResult:
     if not ev.target.mlflow_url:
         return assessment.assess_mlflow(None, None)
-    health, search = await asyncio.gather(
-        ev.mlflow("/health"), ev.mlflow("/api/2.0/mlflow/experiments/search")
-    )
+    health, search = await asyncio.gather(ev.mlflow(MLFLOW_HEALTH), ev.mlflow(MLFLOW_SEARCH))
     return assessment.assess_mlflow(health, search, ev.target.thresholds.mlflow_slow_s)
 
 
@@ -107,7 +92,7 @@ async def check_mlflow(ev: Evidence) -> CheckResult:
 async def check_database(ev: Evidence) -> CheckResult:
     t = ev.target
     if t.database_url is None:
-        health, ready = await asyncio.gather(ev.endpoint("/health"), ev.endpoint("/ready"))
+        health, ready = await asyncio.gather(ev.endpoint(HEALTH), ev.endpoint(READY))
         return assessment.assess_database_from_service(health, ready)
     obs = await ev.postgres()
     assert obs is not None  # a database URL is configured
@@ -118,10 +103,13 @@ async def check_database(ev: Evidence) -> CheckResult:
 async def check_redis(ev: Evidence) -> CheckResult:
     t = ev.target
     if t.redis_url is None:
-        health, ready = await asyncio.gather(ev.endpoint("/health"), ev.endpoint("/ready"))
+        health, ready = await asyncio.gather(ev.endpoint(HEALTH), ev.endpoint(READY))
         return assessment.assess_redis_from_service(health, ready)
     obs = await probe_redis(
-        t.redis_url.get_secret_value(), t.thresholds.request_timeout_s, ev.redactor
+        t.redis_url.get_secret_value(),
+        t.thresholds.request_timeout_s,
+        ev.redactor,
+        ev.probe_deadline(),
     )
     return assessment.assess_redis(obs, t.thresholds.redis_slow_ms)
 
@@ -131,22 +119,26 @@ async def check_alb(ev: Evidence) -> CheckResult:
     t = ev.target
     if not (t.alb_names or t.target_groups):
         return assessment.assess_alb(None, {})
-    lbs = (
-        await ev.aws_call("elbv2", "describe_load_balancers", Names=t.alb_names)
-        if t.alb_names
-        else None
-    )
-    health = {}
-    arn_names: dict[str, str] = {}
-    if t.target_groups:
+
+    async def load_balancers() -> AwsObservation | None:
+        if not t.alb_names:
+            return None
+        return await ev.aws_call("elbv2", "describe_load_balancers", Names=t.alb_names)
+
+    async def target_health() -> tuple[dict[str, AwsObservation], dict[str, str]]:
+        """Target group name -> its targets' health (all asked at once), and ARN -> name."""
+        if not t.target_groups:
+            return {}, {}
         groups = await ev.target_groups()
-        for g in dicts(groups.response, "TargetGroups"):
-            name, arn = g.get("TargetGroupName"), g.get("TargetGroupArn")
-            if isinstance(name, str) and isinstance(arn, str):
-                arn_names[arn] = name
-                health[name] = await ev.target_health(arn)
         if groups.response is None:
-            health = {"describe_target_groups": groups}
+            return {"describe_target_groups": groups}, {}
+        listed = read_target_groups(groups.response)
+        healths = await asyncio.gather(*(ev.target_health(g.arn) for g in listed))
+        health = {g.name: obs for g, obs in zip(listed, healths, strict=True)}
+        return health, {g.arn: g.name for g in listed}
+
+    # The load balancers and the target groups are independent reads: asked together.
+    lbs, (health, arn_names) = await asyncio.gather(load_balancers(), target_health())
     return assessment.assess_alb(
         lbs, health, non_critical_groups=await _mlflow_groups(ev, arn_names)
     )
@@ -170,7 +162,9 @@ async def check_ecs(ev: Evidence) -> CheckResult:
     if not (t.ecs_cluster and t.ecs_services):
         return assessment.assess_ecs(None, [])
     non_critical = [t.mlflow_ecs_service] if t.mlflow_ecs_service else []
-    return assessment.assess_ecs(await ev.ecs_services(), t.ecs_services, non_critical)
+    services = await ev.ecs_services()
+    deploys = await read_deploys(ev, services)  # why tasks die, within the deadline
+    return assessment.assess_ecs(services, t.ecs_services, non_critical, deploys, datetime.now(UTC))
 
 
 @check_task(name="check-rds")
@@ -201,4 +195,4 @@ async def check_cloudwatch(ev: Evidence) -> CheckResult:
 
 @check_task(name="check-service-metrics")
 async def check_service_metrics(ev: Evidence) -> CheckResult:
-    return assessment.assess_metrics(await ev.endpoint("/metrics"))
+    return assessment.assess_metrics(await ev.endpoint(METRICS))

@@ -11,12 +11,14 @@ from pydantic import SecretStr
 
 from service_health.settings import (
     ConfigError,
+    EnvSettings,
     Target,
     TargetSpec,
     load_env_settings,
     load_targets,
     resolve_target,
 )
+from tasks.redacting import remember
 
 DEFAULT_TARGETS_FILE = Path(__file__).resolve().parents[1] / "targets.yaml"
 
@@ -47,8 +49,22 @@ def _parsed(text: str) -> dict[str, TargetSpec]:
 
 
 def load_target(name: str | None, overrides: dict[str, Any] | None = None) -> Target:
-    """The resolved target, without the secrets held in Prefect blocks (see `with_secrets`)."""
-    return resolve_target(name, read_targets(), load_env_settings(), overrides)
+    """The resolved target, without the secrets held in Prefect blocks (see `with_secrets`).
+
+    Its secrets are redacted from every log record of this process from now on."""
+    env = _env_settings(tuple(sorted(os.environ.items()))).model_copy()
+    target = resolve_target(name, read_targets(), env, overrides)
+    remember(target.secret_values())
+    return target
+
+
+@functools.lru_cache(maxsize=8)
+def _env_settings(environment: tuple[tuple[str, str], ...]) -> EnvSettings:
+    """The environment's settings, read once per distinct environment: pydantic-settings
+    scans every variable (a few ms), and every run of a fleet would scan the same ones.
+    Keyed by the environment itself, so a changed variable is always seen; a bad value
+    raises each time (exceptions are not cached)."""
+    return load_env_settings()
 
 
 async def with_secrets(target: Target) -> Target:
@@ -63,4 +79,8 @@ async def with_secrets(target: Target) -> Target:
             except ValueError as exc:
                 raise ConfigError(f"Secret block {block!r} for {field} cannot be loaded") from exc
             updates[field] = SecretStr(str(secret.get()))
-    return target.model_copy(update=updates) if updates else target
+    if not updates:
+        return target
+    filled = target.model_copy(update=updates)
+    remember(filled.secret_values())  # before anything can log them
+    return filled

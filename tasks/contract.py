@@ -1,9 +1,10 @@
-"""One Prefect task per contract test: fetch what the test concerns, hand it to the judge.
+"""The contract tests' I/O: one generic task that fetches what a test reads and hands it to
+its judge (service_health.contract.catalogue says which), and the reset probe.
 
 The read-only tests share one `Evidence` (tasks.evidence): each endpoint is requested at
 most once per run, whichever tests read it; transient failures are retried with backoff,
 except on the endpoints that call MLflow through the breaker, which are never retried.
-The two reset tests are the only requests that could change the service: each is sent
+The reset probes are the only requests that could change the service: each is sent
 exactly once, never retried, with no credentials or with a random wrong key (never the
 real one), and only where a reset would change nothing (every replica's breaker reads
 CLOSED with MLflow connected): a deployed version that accepts keyless resets must not be
@@ -18,37 +19,19 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 import httpx
-from prefect import Task, task
+from prefect import task
 from prefect.cache_policies import NONE
 
-from service_health import contract
-from service_health.contract import ContractTestResult, Judgment
-from service_health.endpoints import (
-    HEALTH,
-    HEALTH_DETAILED,
-    HEALTH_MLFLOW,
-    HEALTH_STATUS,
-    LIVE,
-    METRICS,
-    READY,
-)
+from service_health.contract import ContractTest, ContractTestResult, Judgment, ResetProbe
+from service_health.contract import judge_reset_refused as judge_reset
+from service_health.endpoints import RESET
 from service_health.observations import HttpObservation
+from tasks import http
 from tasks.evidence import Evidence
-from tasks.http import fetch
-
-P = ParamSpec("P")
-TestFn = Callable[P, Coroutine[Any, Any, ContractTestResult]]
-
-
-def contract_task(
-    name: str,
-) -> Callable[[TestFn[P]], Task[P, Coroutine[Any, Any, ContractTestResult]]]:
-    """The options every contract test shares. No caching: each run reads the service anew."""
-    return task(name=name, cache_policy=NONE, retries=0, persist_result=False)
 
 
 def _result(name: str, judgment: Judgment, started: float) -> ContractTestResult:
@@ -56,125 +39,79 @@ def _result(name: str, judgment: Judgment, started: float) -> ContractTestResult
     return ContractTestResult.from_judgment(name, judgment, duration)
 
 
-def _judge(
-    name: str, obs: HttpObservation, judge: Callable[[HttpObservation], Judgment], started: float
-) -> ContractTestResult:
-    """The judge's verdict on `obs`; skipped, with the reason, when the request discipline
-    did not send it (it would have blocked the service or fed its breaker)."""
-    if not obs.sent:
-        return ContractTestResult.skipped(name, f"{obs.label} not sent: {obs.error}")
-    return _result(name, judge(obs), started)
+def _unsent(observations: Sequence[HttpObservation]) -> str | None:
+    """Why the test cannot be judged: what the request discipline did not send (it would
+    have blocked the service or fed its breaker), or None when everything was sent."""
+    unsent = [o for o in observations if not o.sent]
+    return "; ".join(f"{o.label} not sent: {o.error}" for o in unsent) or None
 
 
-@contract_task(name="contract-basic-health")
-async def basic_health(ev: Evidence) -> ContractTestResult:
+@task(name="contract-test", cache_policy=NONE, retries=0, persist_result=False)
+async def contract_test(test: ContractTest, ev: Evidence) -> ContractTestResult:
+    """Fetch the endpoints `test` reads (shared with the other tests) and judge them;
+    skipped, with the reason, when the request discipline did not send one of them."""
     started = time.perf_counter()
-    return _judge("basic_health", await ev.endpoint(HEALTH), contract.judge_basic_health, started)
+    first = await asyncio.gather(*(ev.endpoint(p) for p in test.paths))
+    if (reason := _unsent(first)) is not None:
+        return ContractTestResult.skipped(test.name, reason)
+    judgment = test.judge(*first)
+    if judgment.passed or not test.read_twice:
+        return _result(test.name, judgment, started)
+    second = await asyncio.gather(*(ev.reread(p) for p in test.paths))
+    if _unsent(second) is not None:
+        # The discipline stopped the second reading: the first one stands.
+        return _result(test.name, judgment, started)
+    confirmed = test.judge(*second)
+    confirmed.evidence.append(
+        "read twice; the first reading disagreed: " + "; ".join(judgment.diff)
+    )
+    return _result(test.name, confirmed, started)
 
 
-@contract_task(name="contract-detailed-health")
-async def detailed_health(ev: Evidence) -> ContractTestResult:
-    started = time.perf_counter()
-    obs = await ev.endpoint(HEALTH_DETAILED)
-    return _judge("detailed_health", obs, contract.judge_detailed_health, started)
+def _task_name(test: str) -> str:
+    return f"contract-{test.replace('_', '-')}"
 
 
-@contract_task(name="contract-readiness")
-async def readiness(ev: Evidence) -> ContractTestResult:
-    started = time.perf_counter()
-    return _judge("readiness", await ev.endpoint(READY), contract.judge_readiness, started)
+def run_contract_test(test: ContractTest, ev: Evidence) -> Coroutine[Any, Any, ContractTestResult]:
+    """`contract_test` as a task run named after the test (contract-basic-health, ...)."""
+    return contract_test.with_options(name=_task_name(test.name))(test, ev)
 
 
-@contract_task(name="contract-liveness")
-async def liveness(ev: Evidence) -> ContractTestResult:
-    started = time.perf_counter()
-    return _judge("liveness", await ev.endpoint(LIVE), contract.judge_liveness, started)
+def _reset_client(timeout_s: float, read_only: bool) -> httpx.AsyncClient:
+    """The reset probe's client: allowed that one POST unless the run is read-only, where
+    the probe is refused by its client (tasks/readonly.py) should it ever be sent."""
+    if read_only:
+        return http.client("contract", timeout_s)
+    return http.write_client("contract", timeout_s, {("POST", RESET)})
 
 
-@contract_task(name="contract-mlflow-health")
-async def mlflow_health(ev: Evidence) -> ContractTestResult:
-    started = time.perf_counter()
-    obs = await ev.endpoint(HEALTH_MLFLOW)
-    return _judge("mlflow_health", obs, contract.judge_mlflow_health, started)
-
-
-@contract_task(name="contract-circuit-breaker-details")
-async def circuit_breaker_details(ev: Evidence) -> ContractTestResult:
-    started = time.perf_counter()
-    obs = await ev.endpoint(HEALTH_MLFLOW)
-    return _judge("circuit_breaker_details", obs, contract.judge_circuit_breaker_details, started)
-
-
-@contract_task(name="contract-service-status")
-async def service_status(ev: Evidence) -> ContractTestResult:
-    started = time.perf_counter()
-    obs = await ev.endpoint(HEALTH_STATUS)
-    return _judge("service_status", obs, contract.judge_service_status, started)
-
-
-@contract_task(name="contract-metrics")
-async def metrics(ev: Evidence) -> ContractTestResult:
-    started = time.perf_counter()
-    return _judge("metrics", await ev.endpoint(METRICS), contract.judge_metrics, started)
-
-
-@contract_task(name="contract-graceful-degradation")
-async def graceful_degradation(ev: Evidence) -> ContractTestResult:
-    """The four answers are read at slightly different moments, so a dependency that flickers
-    between them looks like a disagreement; one that persists in a second, simultaneous
-    reading is the service's, and is reported."""
-    started = time.perf_counter()
-    paths = (HEALTH, READY, HEALTH_MLFLOW, METRICS)
-    first = await asyncio.gather(*(ev.endpoint(p) for p in paths))
-    unsent = [o for o in first if not o.sent]
-    if unsent:
-        reasons = "; ".join(f"{o.label} not sent: {o.error}" for o in unsent)
-        return ContractTestResult.skipped("graceful_degradation", reasons)
-    judgment = first_judgment = contract.judge_graceful_degradation(*first)
-    if not first_judgment.passed:
-        second = await asyncio.gather(*(ev.reread(p) for p in paths))
-        if any(not o.sent for o in second):
-            # The discipline stopped the second reading: the first one stands.
-            return _result("graceful_degradation", first_judgment, started)
-        judgment = contract.judge_graceful_degradation(*second)
-        judgment.evidence.append(
-            "read twice; the first reading disagreed: " + "; ".join(first_judgment.diff)
-        )
-    return _result("graceful_degradation", judgment, started)
-
-
-# -- the only requests that are not read-only ----------------------------------------------
-
-
-async def post_reset(api_url: str, authorization: str | None, timeout_s: float) -> HttpObservation:
-    """POST the breaker reset once (never retried: it is not idempotent in its effects)."""
+async def post_reset(
+    api_url: str, authorization: str | None, timeout_s: float, read_only: bool
+) -> HttpObservation:
+    """POST the breaker reset once (never retried: it is not idempotent in its effects);
+    raises MutationRefused in a `read_only` run."""
     headers = {"Authorization": authorization} if authorization else {}
-    async with httpx.AsyncClient(
-        limits=httpx.Limits(max_keepalive_connections=0),
-        headers={"User-Agent": "hokusai-health/contract"},
-    ) as client:
-        return await fetch(
-            client,
-            "POST",
-            api_url.rstrip("/") + contract.RESET,
-            headers=headers,
-            timeout_s=timeout_s,
+    async with _reset_client(timeout_s, read_only) as client:
+        return await http.fetch(
+            client, "POST", api_url.rstrip("/") + RESET, headers=headers, timeout_s=timeout_s
         )
 
 
-@contract_task(name="contract-reset-without-key")
-async def reset_without_key(api_url: str, timeout_s: float) -> ContractTestResult:
+@task(name="contract-reset-probe", cache_policy=NONE, retries=0, persist_result=False)
+async def _reset_probe(
+    probe: ResetProbe, api_url: str, timeout_s: float, read_only: bool
+) -> ContractTestResult:
+    """POST /health/mlflow/reset without a key, or with a fresh random key (it cannot be
+    the real one, and is worthless if logged); the contract wants it refused."""
     started = time.perf_counter()
-    obs = await post_reset(api_url, None, timeout_s)
-    judgment = contract.judge_reset_refused(obs, "without a key")
-    return _result("reset_without_key_refused", judgment, started)
+    wrong = f"Bearer contract-test-wrong-key-{secrets.token_urlsafe(24)}"
+    obs = await post_reset(api_url, wrong if probe.wrong_key else None, timeout_s, read_only)
+    return _result(probe.name, judge_reset(obs, probe.credentials), started)
 
 
-@contract_task(name="contract-reset-with-wrong-key")
-async def reset_with_wrong_key(api_url: str, timeout_s: float) -> ContractTestResult:
-    started = time.perf_counter()
-    # A fresh random key: it cannot be the real one, and it is worthless if logged.
-    wrong = f"contract-test-wrong-key-{secrets.token_urlsafe(24)}"
-    obs = await post_reset(api_url, f"Bearer {wrong}", timeout_s)
-    judgment = contract.judge_reset_refused(obs, "with a wrong key")
-    return _result("reset_with_wrong_key_refused", judgment, started)
+def reset_probe(
+    probe: ResetProbe, api_url: str, timeout_s: float, read_only: bool
+) -> Coroutine[Any, Any, ContractTestResult]:
+    """The reset probe as a task run named after it (contract-reset-without-key-refused)."""
+    run = _reset_probe.with_options(name=_task_name(probe.name))
+    return run(probe, api_url, timeout_s, read_only)

@@ -1,5 +1,6 @@
-"""Events the recover flow writes to Prefect's event feed: the audit trail of every
-mutating action, the approval asked for, the recovery's end. Automations match them
+"""Events the flows write to Prefect's event feed: the audit trail of every mutating
+action, the approval asked for, the recovery's end (the recover flow), and the report of
+each diagnosis (the diagnose flow). Automations match them
 (service_health/notifications.py); the run emitting them is attached by Prefect as a
 related resource (flow run, flow, deployment), so `{{ flow_run|ui_url }}` links to it.
 
@@ -7,10 +8,13 @@ Everything sent here has been through the target's Redactor by the caller."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
 
+from service_health.models import DiagnosticReport
 from service_health.notifications import (
     APPROVAL_REQUESTED,
     RECOVERY_FINISHED,
@@ -73,3 +77,29 @@ def mutation(slug: str, name: str, entry: RecoveryLogEntry, service: str | None)
             "details": entry.details,
         },
     )
+
+
+DIAGNOSIS_FINISHED = "hokusai.diagnosis.finished"
+REPORT_MAX_BYTES = 256_000  # far below the server's event size limit (1.5 MB by default)
+
+
+def diagnosis_finished(slug: str, report: DiagnosticReport) -> None:
+    """The diagnosis' report (redacted by the caller), on the run that made it: a recovery
+    the automation starts from this run may plan from it rather than diagnose again
+    (tasks/trigger_report.py). A report too large to carry is left out, the verdict kept."""
+    body: dict[str, Any] | None = report.model_dump(mode="json")
+    if len(json.dumps(body)) > REPORT_MAX_BYTES:
+        body = None
+    emit_event(
+        DIAGNOSIS_FINISHED,
+        resource=_run_resource(slug, report.overall_status.state_name),
+        payload={"target": report.target, "report": body},
+    )
+
+
+def _run_resource(slug: str, verdict: str) -> dict[str, str]:
+    """This flow run as the event's resource (Prefect relates the run's flow and deployment)."""
+    context = FlowRunContext.get()
+    run = context.flow_run.id if context is not None and context.flow_run else "none"
+    return {"prefect.resource.id": f"prefect.flow-run.{run}", "hokusai.target": slug,
+            "hokusai.verdict": verdict}  # fmt: skip

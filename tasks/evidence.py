@@ -18,18 +18,27 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
-import httpx
-
-from service_health.aws_responses import read_target_health
+from service_health.aws_responses import (
+    read_ecs_services,
+    read_target_groups,
+    read_target_health,
+)
 from service_health.discipline import (
     MLFLOW_TOUCHING,
     RequestLog,
     halt_reason,
     touches_mlflow,
 )
-from service_health.endpoints import HEALTH, HEALTH_MLFLOW, LIVE
+from service_health.endpoints import (
+    AUTHENTICATED,
+    HEALTH,
+    HEALTH_MLFLOW,
+    LIVE,
+    MLFLOW_HEALTH,
+)
 from service_health.observations import (
     AwsObservation,
     ErrorKind,
@@ -39,19 +48,17 @@ from service_health.observations import (
 from service_health.redaction import Redactor
 from service_health.settings import Target
 from tasks.datastores import probe_postgres
-from tasks.http import fetch, fetch_with_retries, tls_context
+from tasks.http import client, fetch, fetch_with_retries
+
+if TYPE_CHECKING:  # boto3 is imported only by runs that use AWS
+    from botocore.client import BaseClient
+
+    from tasks.aws import ServiceName
 
 T = TypeVar("T")
 
-AUTHENTICATED = frozenset({"/health/mlflow", "/health/status"})
 UNUSABLE_TARGET_STATES = frozenset({"draining", "unused"})
 _HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
-
-
-def dicts(response: Any, key: str) -> list[dict[str, Any]]:
-    """The objects listed under `key` in an AWS answer; anything of another shape is left out."""
-    items = response.get(key) if isinstance(response, dict) else None
-    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def replica_address(host: Any, port: Any) -> str | None:
@@ -94,14 +101,12 @@ class Evidence:
         self._memo: dict[Any, asyncio.Task[Any]] = {}
         limit = target.thresholds.per_service_concurrency
         self._limits = {"registry": asyncio.Semaphore(limit), "mlflow": asyncio.Semaphore(limit)}
-        # No keep-alive: a server that drops its connection after an error answer must not
-        # make the next endpoint look broken.
-        self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_keepalive_connections=0),
-            headers={"User-Agent": "hokusai-health/diagnose"},
-            verify=tls_context(),
-        )
-        self._clients: dict[str, Any] = {}
+        # Replicas are read over plain HTTP (http://host:port): the CA bundle is loaded
+        # only when the service or MLflow is configured with a URL that is not plain HTTP.
+        urls = (target.api_url, target.mlflow_url)
+        tls = any(urlsplit(url).scheme != "http" for url in urls if url)
+        self._http = client("diagnose", target.thresholds.request_timeout_s, tls=tls)
+        self._clients: dict[str, BaseClient] = {}  # this run's own (see tasks/aws_clients.py)
         self.redactor = Redactor(target.secret_values())
         self._lb = _Channel(target.api_url, None)
         self._replicas: dict[str, _Channel] = {}
@@ -111,6 +116,8 @@ class Evidence:
         self.sample_basis = ""
         # How many registry replicas there are, where something said (sample mode).
         self.known_replicas: int | None = None
+        # Why replicas were not read one by one although discovery was asked for.
+        self.discovery_cut = ""
 
     async def __aenter__(self) -> Evidence:
         return self
@@ -134,6 +141,17 @@ class Evidence:
 
     def _timeout(self) -> float:
         return min(self.target.thresholds.request_timeout_s, self._budget())
+
+    def probe_deadline(self) -> float | None:
+        """When a direct datastore probe must be done (monotonic), a little before the run's
+        deadline: its thread must not outlive the deadline that cancels its task."""
+        return None if self._deadline_at is None else self._deadline_at - 0.5
+
+    def seconds_left(self, margin_s: float = 0.0) -> float | None:
+        """Seconds until the run's deadline, less `margin_s`; None without a deadline."""
+        if self._deadline_at is None:
+            return None
+        return self._deadline_at - time.monotonic() - margin_s
 
     def _once(self, key: Any, make: Callable[[], Awaitable[T]]) -> Awaitable[T]:
         if key not in self._memo:
@@ -237,7 +255,7 @@ class Evidence:
     async def _assign(self) -> dict[str, _Channel]:
         replicas, _ = await self._direct_replicas()
         channels = [self._channel(r) for r in replicas]
-        lives = [await self._first_light(ch, "/live") for ch in channels]
+        lives = [await self._first_light(ch, LIVE) for ch in channels]
         answering = [
             ch for ch, live in zip(channels, lives, strict=True) if live.status_code == 200
         ]
@@ -268,12 +286,10 @@ class Evidence:
 
     async def _find_direct_replicas(self) -> tuple[list[str], bool]:
         mode = self.target.replica_discovery
-        replicas = await self.registry_replicas() if mode != "sample" else []
+        replicas = await self._discovered_in_time() if mode != "sample" else []
         if not replicas:
             return [], False
-        lives = await asyncio.gather(
-            *(self._first_light(self._channel(r), "/live") for r in replicas)
-        )
+        lives = await asyncio.gather(*(self._first_light(self._channel(r), LIVE) for r in replicas))
         unreachable = all(obs.error_kind is ErrorKind.CONNECT for obs in lives)
         if unreachable and mode == "auto":
             return [], True  # registered, but not reachable from here: sample the LB
@@ -320,14 +336,39 @@ class Evidence:
         replicas, _ = await self._direct_replicas()
         if replicas:
             views = await asyncio.gather(
-                *(self._touching(self._channel(r), "/health/mlflow") for r in replicas)
+                *(self._touching(self._channel(r), HEALTH_MLFLOW) for r in replicas)
             )
             return dict(zip(replicas, views, strict=True)), False
         samples, self.sample_basis = await self._sample_count()
-        observations = [await self.endpoint("/health/mlflow")]
+        observations = [await self.endpoint(HEALTH_MLFLOW)]
         for _ in range(samples - 1):
-            observations.append(await self._send_touching(self._lb, "/health/mlflow"))
+            observations.append(await self._send_touching(self._lb, HEALTH_MLFLOW))
         return {f"sample-{i + 1}": obs for i, obs in enumerate(observations)}, True
+
+    def _discovery_budget(self) -> float | None:
+        """Seconds replica discovery may take before the breaker reads must go ahead: AWS
+        answers slowed by throttling retries must not starve the reads that depend on
+        them. The reserve left is what the chain of reads before and including the
+        breaker's needs on a slow machine (a third of the deadline, at least 3 s)."""
+        reserve = max(3.0, self.target.thresholds.deadline_s / 3)
+        return self.seconds_left(reserve)
+
+    async def _discovered_in_time(self) -> list[str]:
+        """The registered registry replicas, or [] when AWS has not said within the
+        discovery budget (the reads then sample the load balancer; discovery goes on for
+        the checks that read it)."""
+        budget = self._discovery_budget()
+        discovery = asyncio.ensure_future(self.registry_replicas())
+        done, _ = await asyncio.wait(
+            {discovery}, timeout=None if budget is None else max(0.0, budget)
+        )
+        if not done:
+            self.discovery_cut = (
+                "replica discovery through AWS was still running when the breaker reads "
+                "had to start"
+            )
+            return []
+        return discovery.result()
 
     async def _sample_count(self) -> tuple[int, str]:
         """How many /health/mlflow samples through the load balancer, and on what evidence:
@@ -336,13 +377,18 @@ class Evidence:
         known: list[tuple[int, str]] = []
         if t.replicas is not None:
             known.append((t.replicas, "configured replicas"))
+        if self.discovery_cut:
+            # What AWS would say is not in time: only the configuration counts.
+            count = t.replicas or 1
+            self.known_replicas = t.replicas
+            samples = max(1, min(t.samples, count))
+            return samples, f"{self.discovery_cut}; {samples} sample{'s' if samples != 1 else ''}"
         if t.ecs_cluster and t.ecs_services:
-            services = await self.ecs_services()
+            services = read_ecs_services((await self.ecs_services()).response).services
             desired = [
-                s["desiredCount"]
-                for s in dicts(services.response, "services")
-                if s.get("serviceName") != t.mlflow_ecs_service
-                and isinstance(s.get("desiredCount"), int)
+                s.desired
+                for s in services
+                if s.name != t.mlflow_ecs_service and s.desired is not None
             ]
             if desired:
                 known.append((sum(desired), "ECS desired count"))
@@ -393,16 +439,8 @@ class Evidence:
         t = self.target
         if not (t.ecs_cluster and t.ecs_services):
             return {}
-        services = await self.ecs_services()
-        return {
-            s["serviceName"]: [
-                lb["targetGroupArn"]
-                for lb in dicts(s, "loadBalancers")
-                if isinstance(lb.get("targetGroupArn"), str) and lb["targetGroupArn"]
-            ]
-            for s in dicts(services.response, "services")
-            if isinstance(s.get("serviceName"), str)
-        }
+        services = read_ecs_services((await self.ecs_services()).response)
+        return {name: s.target_group_arns for name, s in services.named().items()}
 
     async def registry_target_group_arns(self) -> list[str]:
         t = self.target
@@ -417,10 +455,8 @@ class Evidence:
             return arns
         if not t.target_groups:
             return []
-        groups = await self.target_groups()
-        found = [g["TargetGroupArn"] for g in dicts(groups.response, "TargetGroups")
-                 if isinstance(g.get("TargetGroupArn"), str)]  # fmt: skip
-        return found[:1]
+        groups = read_target_groups((await self.target_groups()).response)
+        return [g.arn for g in groups][:1]
 
     # -- the datastores and MLflow, directly ----------------------------------------------
 
@@ -432,7 +468,9 @@ class Evidence:
             if url is None:
                 return None
             timeout = self.target.thresholds.request_timeout_s
-            return await probe_postgres(url.get_secret_value(), timeout, self.redactor)
+            return await probe_postgres(
+                url.get_secret_value(), timeout, self.redactor, self.probe_deadline()
+            )
 
         return self._once("postgres", go)
 
@@ -444,7 +482,7 @@ class Evidence:
         if db is not None and db.error:
             log.database_failing = f"direct PostgreSQL probe: {db.error}"
         if self.target.mlflow_url:
-            health = await self.mlflow("/health")
+            health = await self.mlflow(MLFLOW_HEALTH)
             if health.status_code != 200:
                 log.mlflow_failing = f"direct {health.label} to MLflow: {health.failure_text()}"
         return log
@@ -458,7 +496,9 @@ class Evidence:
 
         async def go() -> HttpObservation:
             async with self._limits["mlflow"]:
-                method, body = ("GET", None) if path == "/health" else ("POST", {"max_results": 1})
+                method, body = (
+                    ("GET", None) if path == MLFLOW_HEALTH else ("POST", {"max_results": 1})
+                )
                 return await fetch_with_retries(
                     self._http,
                     method,
@@ -473,28 +513,26 @@ class Evidence:
 
     # -- AWS ---------------------------------------------------------------------------------
 
-    def _client(self, service: str) -> Any:
-        from tasks import aws  # boto3 costs a third of a second: only for runs that use it
+    def _client(self, service: ServiceName) -> BaseClient:
+        # boto3 costs a third of a second to import: only runs that use AWS get here.
+        from tasks.aws_clients import read_client
 
         if service not in self._clients:
-            if "session" not in self._clients:
-                self._clients["session"] = aws.make_session(
-                    self.target.aws_region, self.target.aws_credentials_block
-                )
-            self._clients[service] = aws.make_client(
-                self._clients["session"],
-                service,
-                self.target.aws_region,
-                self.target.aws_endpoint_url,
+            t = self.target
+            self._clients[service] = read_client(
+                service, t.aws_region, t.aws_endpoint_url, t.aws_credentials_block
             )
         return self._clients[service]
 
-    def aws_call(self, service: str, operation: str, **params: Any) -> Awaitable[AwsObservation]:
+    def aws_call(
+        self, service: ServiceName, operation: str, **params: Any
+    ) -> Awaitable[AwsObservation]:
         key = ("aws", service, operation, tuple(sorted((k, repr(v)) for k, v in params.items())))
 
-        async def go() -> AwsObservation:
+        def blocking() -> AwsObservation:
+            # The client (made on first use) and the call in one trip off the event loop.
             try:
-                client = await asyncio.to_thread(self._client, service)
+                client = self._client(service)
             except Exception as exc:  # a credentials block that cannot load, a bad region
                 # botocore's own errors keep their name (InvalidRegionError, NoRegionError,
                 # ProfileNotFound); anything else is a client that could not be set up.
@@ -507,7 +545,10 @@ class Evidence:
                 )
             from tasks import aws
 
-            return await aws.call(client, service, operation, **params)
+            return aws.call_sync(client, service, operation, **params)
+
+        async def go() -> AwsObservation:
+            return await asyncio.to_thread(blocking)
 
         return self._once(key, go)
 

@@ -1,8 +1,9 @@
-"""Bounded, careful HTTP reads: every answer (or failure) becomes an HttpObservation.
+"""Bounded, careful HTTP: the one client builder, and exchanges that never raise (every
+answer or failure becomes an HttpObservation).
 
 Bodies are capped and time-boxed (a giant or endless body cannot hold a run), redirects
 are never followed (credentials must not travel to another host), and transient failures
-are retried with backoff and jitter only where the caller allows it.
+are retried with backoff and jitter (tasks/retries.py) only where the caller allows it.
 """
 
 from __future__ import annotations
@@ -11,19 +12,16 @@ import asyncio
 import functools
 import ssl
 import time
-from typing import Any
+from collections.abc import Collection
+from typing import Any, Literal
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    retry_if_result,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
 
 from service_health.observations import ErrorKind, HttpObservation
 from service_health.redaction import redact_url
+from service_health.settings import DEADLINE_S, REQUEST_TIMEOUT_S
+from tasks.readonly import MutationRefused, Write, http_guard
+from tasks.retries import http_retrying
 
 BODY_CAP_BYTES = 1_048_576  # far above any health answer; /metrics is tens of KiB
 
@@ -34,6 +32,51 @@ def tls_context() -> ssl.SSLContext:
     SSL_CERT_FILE/SSL_CERT_DIR honoured). Building one loads the CA bundle, about 20 ms of
     CPU: a fleet run creating a client per diagnosis spent seconds there."""
     return httpx.create_ssl_context()
+
+
+@functools.cache
+def _no_trust_context() -> ssl.SSLContext:
+    """For a client that has no https URL to read: verification on and no CA trusted, so
+    that an https URL it is given anyway fails closed. Costs nothing to build (the bundle
+    is what costs), and a one-off command line diagnosing plain-HTTP URLs skips it."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, hostnames checked
+
+
+# Who is asking, as the service's access logs show it.
+Purpose = Literal["diagnose", "recover", "contract"]
+
+
+def client(purpose: Purpose, timeout_s: float, *, tls: bool = True) -> httpx.AsyncClient:
+    """The one way this project builds an HTTP client (diagnosis, recovery, contract): a
+    read-only one, refusing any request but GET and HEAD (tasks/readonly.py).
+
+    Explicit timeouts (`timeout_s` for every phase of an exchange; each `fetch` sets its
+    own within its deadline), the shared TLS context, redirects not followed, and no
+    keep-alive: a server that drops its connection after an error answer must not make
+    the next request look broken. `tls=False` for a client given only http:// URLs: its
+    https requests fail verification rather than go unverified.
+    """
+    return _build(purpose, timeout_s, (), tls)
+
+
+def write_client(purpose: Purpose, timeout_s: float, allow: Collection[Write]) -> httpx.AsyncClient:
+    """As `client`, also allowing the (method, path) pairs in `allow`. Only for the
+    recovery's ActionContext (tasks/recovery/registry.py) and the contract's reset probes
+    in a run that is not read-only (tests/recovery/test_read_only.py checks who calls it)."""
+    return _build(purpose, timeout_s, allow, True)
+
+
+def _build(
+    purpose: Purpose, timeout_s: float, allow: Collection[Write], tls: bool
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s),
+        limits=httpx.Limits(max_keepalive_connections=0),
+        headers={"User-Agent": f"hokusai-health/{purpose}"},
+        verify=tls_context() if tls else _no_trust_context(),
+        follow_redirects=False,
+        event_hooks={"request": [http_guard(allow)]},
+    )
 
 
 def _classify(exc: BaseException) -> tuple[ErrorKind, str]:
@@ -67,7 +110,7 @@ async def fetch(
     *,
     headers: dict[str, str] | None = None,
     json_body: Any = None,
-    timeout_s: float = 5.0,
+    timeout_s: float = REQUEST_TIMEOUT_S,
     replica: str | None = None,
 ) -> HttpObservation:
     """One exchange, never raising: transport failures are recorded on the observation."""
@@ -113,7 +156,9 @@ async def fetch(
                     error_kind=ErrorKind.TOO_LARGE if truncated else None,
                     replica=replica,
                 )
-    except Exception as exc:  # never raising is this function's promise
+    except MutationRefused:
+        raise  # a bug in the caller, not an answer: it must not pass for a failed request
+    except Exception as exc:  # never raising is this function's promise (but for the above)
         # Beyond transport errors: an address no client can use (a port over 65535 from a
         # target registration, say) fails inside the client with other exception types.
         kind, message = _classify(exc)
@@ -136,7 +181,7 @@ async def fetch_with_retries(
     *,
     retry: bool,
     attempts: int = 3,
-    budget_s: float = 30.0,
+    budget_s: float = DEADLINE_S,
     **kwargs: Any,
 ) -> HttpObservation:
     """`fetch`, retried on transient failures when `retry` (never for breaker-feeding calls).
@@ -145,12 +190,7 @@ async def fetch_with_retries(
     """
     if not retry:
         return await fetch(client, method, url, **kwargs)
-    retrying = AsyncRetrying(
-        stop=stop_after_attempt(attempts) | stop_after_delay(budget_s),
-        wait=wait_exponential_jitter(initial=0.2, max=2.0, jitter=0.2),
-        retry=retry_if_result(is_transient),
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-        reraise=False,
+    result: HttpObservation = await http_retrying(is_transient, attempts, budget_s)(
+        fetch, client, method, url, **kwargs
     )
-    result: HttpObservation = await retrying(fetch, client, method, url, **kwargs)
     return result

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import httpx
@@ -36,3 +41,21 @@ def breaker_open_everywhere(sandbox: SandboxProcess) -> bool:
         httpx.get(f"http://{r['address']}/ready", timeout=10)
         states.append(httpx.get(f"http://{r['address']}/health/mlflow", timeout=10).json())
     return all(s["circuit_breaker_state"] == "OPEN" for s in states)
+
+
+def packages_loaded(code: str, packages: set[str]) -> list[str]:
+    """Which of `packages` (top-level names) a new interpreter has imported once it ran
+    `code` from the project's root."""
+    root = Path(__file__).resolve().parents[1]
+    probe = (
+        f"{code}\nimport json, sys\n"
+        f"top = {{m.split('.')[0] for m in sys.modules}}\n"
+        f"print(json.dumps(sorted(top & set({sorted(packages)!r}))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found

@@ -1,4 +1,4 @@
-"""The Hokusai registry stand-in: a FastAPI app honouring DESIGN.md section 4 (or, with
+"""The Hokusai registry stand-in: a FastAPI app honouring docs/health-contract.md (or, with
 REGISTRY_FLAVOR=legacy, reproducing the deployed version's deviations)."""
 
 from sandbox.registry.app import create_app

@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from sandbox.registry.app import create_app
 from sandbox.registry.config import RegistryConfig
+from sandbox.registry.defects import FailingHealthChecks, ReleaseDefect, release_defect
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,8 +25,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     config = RegistryConfig.from_env(os.environ)
+    defect = release_defect(os.environ)
+    if defect is ReleaseDefect.CRASH:
+        logging.critical("release defect: the registry cannot start; exiting with code 1")
+        sys.exit(1)
+    app: ASGIApp = create_app(config)
+    if defect is ReleaseDefect.UNHEALTHY:
+        app = FailingHealthChecks(app)
     uvicorn.run(
-        create_app(config),
+        app,
         host=args.host,
         port=args.port,
         workers=1,

@@ -11,7 +11,7 @@ from sandbox.breaker import BreakerConfig, env_number
 
 
 class Flavor(StrEnum):
-    CONTRACT = "contract"  # honours DESIGN.md section 4
+    CONTRACT = "contract"  # honours docs/health-contract.md
     LEGACY = "legacy"  # reproduces "Observed in a deployed version"
 
 

@@ -1,4 +1,4 @@
-"""The contract flavour: the health endpoints exactly as DESIGN.md section 4 specifies."""
+"""The contract flavour: the health endpoints exactly as docs/health-contract.md states."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The legacy flavour: a deployed version of the service, deviations included.
 
-Every item of DESIGN.md "Observed in a deployed version" is reproduced on purpose, so that
-the flows can be shown to reach the right verdict against it:
+Every item of docs/health-contract.md "Observed in a deployed version" is reproduced on
+purpose, so that the flows can be shown to reach the right verdict against it:
 
 - ``/health`` is lightweight (``api``/``dependency_checks`` only) and always healthy.
 - ``/health?detailed=true`` and ``/health/status`` fail response validation (a real pydantic

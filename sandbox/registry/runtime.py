@@ -78,13 +78,26 @@ def process_memory_mb() -> float:
 # Each replica stands for one ECS task, whose container sees its own CPU use, not that of
 # every process on this machine.
 _PROCESS = psutil.Process()
+# An ECS task's CPU figure is an average over a window (CloudWatch: a minute), not over
+# the milliseconds between two requests, which a burst of concurrent probes would make
+# spike past 100 % on a loaded host. The figure is renewed at most once a window.
+CPU_WINDOW_S = 5.0
+_cpu = {"at": float("-inf"), "percent": 0.0}
+
+
+def _cpu_percent() -> float:
+    now = time.monotonic()
+    if now - _cpu["at"] >= CPU_WINDOW_S:
+        # interval=None never blocks: the figure covers the time since the previous renewal.
+        _cpu["percent"] = _PROCESS.cpu_percent(interval=None)
+        _cpu["at"] = now
+    return _cpu["percent"]
 
 
 def system_info(uptime: float) -> dict[str, Any]:
     memory = psutil.virtual_memory()
     return {
-        # interval=None never blocks: the figure covers the time since the previous call.
-        "cpu_percent": _PROCESS.cpu_percent(interval=None),
+        "cpu_percent": _cpu_percent(),
         "memory_percent": memory.percent,
         "memory_available_mb": round(memory.available / 2**20, 1),
         "process_memory_mb": process_memory_mb(),

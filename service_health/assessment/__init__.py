@@ -2,7 +2,7 @@
 
 Modules: api (connectivity, health endpoints), breaker (circuit breaker per replica),
 dependencies (MLflow, PostgreSQL, Redis), aws (ALB, ECS, RDS, CloudWatch), metrics
-(/metrics), verdict (assess, build_report).
+(/metrics), verdict (assess, build_diagnostic_report).
 """
 
 from service_health.assessment.api import assess_api_connectivity, assess_health_endpoints
@@ -22,27 +22,9 @@ from service_health.assessment.dependencies import (
     assess_redis_from_service,
 )
 from service_health.assessment.metrics import assess_metrics
-from service_health.assessment.verdict import assess, build_report, group_aws_components
-from service_health.endpoints import (
-    ENDPOINTS,
-    HEALTH,
-    HEALTH_DETAILED,
-    HEALTH_MLFLOW,
-    HEALTH_STATUS,
-    LIVE,
-    METRICS,
-    READY,
-)
+from service_health.assessment.verdict import assess, build_diagnostic_report, group_aws_components
 
 __all__ = [
-    "ENDPOINTS",
-    "HEALTH",
-    "HEALTH_DETAILED",
-    "HEALTH_MLFLOW",
-    "HEALTH_STATUS",
-    "LIVE",
-    "METRICS",
-    "READY",
     "assess",
     "assess_alb",
     "assess_api_connectivity",
@@ -58,6 +40,6 @@ __all__ = [
     "assess_rds",
     "assess_redis",
     "assess_redis_from_service",
-    "build_report",
+    "build_diagnostic_report",
     "group_aws_components",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service_health.assessment.common import ResultBuilder, seconds
+from service_health.details import ApiFacts
 from service_health.discipline import RequestLog, stall_causes, stalled, touches_mlflow
 from service_health.endpoints import (
     HEALTH,
@@ -24,6 +25,7 @@ from service_health.parsing import (
     parse_mlflow_health,
     parse_ready,
 )
+from service_health.settings import SLOW_RESPONSE_S
 from service_health.views import EndpointView, HealthView, ReadyView
 
 _GATEWAY_CODES = (502, 503, 504)
@@ -47,14 +49,12 @@ _HIGH_USAGE_PERCENT = 90.0
 _DB_CHECK_NAMES = ("database", "postgres", "postgresql", "db")
 
 
-def assess_api_connectivity(obs: HttpObservation, slow_s: float = 5.0) -> CheckResult:
+def assess_api_connectivity(obs: HttpObservation, slow_s: float = SLOW_RESPONSE_S) -> CheckResult:
     """Can the API be reached, and how fast? Pass the observation of GET /health (or /live)."""
     b = ResultBuilder(CheckName.API_CONNECTIVITY)
     ev = [obs.label]
     b.cite(obs.label)
-    b.details.update(
-        {"url": obs.url, "status_code": obs.status_code, "response_time_ms": obs.elapsed_ms}
-    )
+    b.facts = ApiFacts(url=obs.url, status_code=obs.status_code, response_time_ms=obs.elapsed_ms)
     if not obs.answered:
         if obs.error_kind == ErrorKind.TIMEOUT:
             message = f"API did not answer within the timeout ({obs.label} at {obs.url})"
@@ -501,7 +501,7 @@ class _EndpointJudge:
 
 def assess_health_endpoints(
     endpoints: dict[str, HttpObservation],
-    slow_s: float = 5.0,
+    slow_s: float = SLOW_RESPONSE_S,
     log: RequestLog | None = None,
     blocking_s: float = 1.0,
 ) -> CheckResult:

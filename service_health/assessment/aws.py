@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime
 
 from service_health.assessment.common import ResultBuilder, aws_error, plural, unexplained
+from service_health.assessment.deploys import add_deploy_findings, deploy_labels, judge_service
 from service_health.aws_responses import (
     DbInstanceEntry,
     EcsServiceEntry,
@@ -19,6 +21,16 @@ from service_health.aws_responses import (
     read_ecs_services,
     read_load_balancers,
     read_target_health,
+)
+from service_health.deploy_evidence import DeployObservations, read_service_deployments
+from service_health.details import (
+    AlbFacts,
+    EcsFacts,
+    EcsServiceState,
+    MissingService,
+    TargetGroupError,
+    TargetGroupState,
+    TargetState,
 )
 from service_health.models import CheckName, CheckResult, CheckStatus, Finding, worst_status
 from service_health.observations import AwsObservation
@@ -54,40 +66,44 @@ def assess_alb(
     if lbs is None and not target_health:
         return CheckResult.skipped(b.name, "no load balancer or target group configured")
     summary_parts: list[str] = []
+    load_balancers = None
     if lbs is not None:
         b.cite(lbs.label)
-        if not aws_error(b, lbs, "the load balancer"):
-            _load_balancers(b, lbs)
-    groups: dict[str, dict[str, object]] = {}
+        if aws_error(b, lbs, "the load balancer") is None:
+            load_balancers = _load_balancers(b, lbs)
+    groups: dict[str, TargetGroupState | TargetGroupError] = {}
     for group, obs in target_health.items():
         b.cite(obs.label)
-        if aws_error(b, obs, f"target group {group}"):
-            groups[group] = {"error": b.details.get("aws_error")}
+        if (error := aws_error(b, obs, f"target group {group}")) is not None:
+            groups[group] = TargetGroupError(error=error)
             continue
         view = read_target_health(obs.response)
         states = Counter(t.state or "unknown" for t in view.targets)
         healthy = states.get("healthy", 0)
         total = len(view.targets)
-        groups[group] = {
-            "healthy": healthy,
-            "total": total,
-            "targets": [
-                {"address": t.address or t.id, "state": t.state, "reason": t.reason}
+        groups[group] = TargetGroupState(
+            healthy=healthy,
+            total=total,
+            targets=[
+                TargetState(address=t.address or t.id, state=t.state, reason=t.reason)
                 for t in view.targets
             ],
-        }
+        )
         summary_parts.append(f"{group} {healthy}/{total} healthy")
         _group_findings(b, group, obs, view.targets, group in non_critical_groups)
-    b.details["target_groups"] = groups
     # Which groups serve MLflow (configured, or derived from ECS): the planner reads it.
-    b.details["mlflow_target_groups"] = sorted(non_critical_groups)
+    b.facts = AlbFacts(
+        load_balancers=load_balancers,
+        target_groups=groups,
+        mlflow_target_groups=sorted(non_critical_groups),
+    )
     return b.build(", ".join(summary_parts) or "load balancer checked")
 
 
-def _load_balancers(b: ResultBuilder, obs: AwsObservation) -> None:
+def _load_balancers(b: ResultBuilder, obs: AwsObservation) -> dict[str, str | None]:
+    """The load balancers' states (name -> state), with their findings."""
     problems: list[str] = []
     entries = read_load_balancers(obs.response, problems)
-    b.details["load_balancers"] = {e.name or "?": e.state for e in entries}
     if not entries:
         b.warning(
             f"No load balancer found by {obs.label}",
@@ -115,6 +131,7 @@ def _load_balancers(b: ResultBuilder, obs: AwsObservation) -> None:
                 "Check the load balancer's availability zones and subnets",
                 [obs.label],
             )
+    return {e.name or "?": e.state for e in entries}
 
 
 def _group_findings(
@@ -177,8 +194,11 @@ def assess_ecs(
     services: AwsObservation | None,
     expected: list[str],
     non_critical: Collection[str] = (),
+    deploys: Mapping[str, DeployObservations] | None = None,
+    now: datetime | None = None,
 ) -> CheckResult:
-    """ECS services: running vs desired tasks, rollout state, service status.
+    """ECS services: running vs desired tasks, rollout state, service status, and, with
+    `deploys` (the stopped tasks read at `now`), why tasks die (assessment.deploys).
 
     No running task, a missing or inactive service is critical, except for services in
     `non_critical` (the MLflow service: without it the registry degrades gracefully).
@@ -187,12 +207,14 @@ def assess_ecs(
     if services is None:
         return CheckResult.skipped(b.name, "no ECS cluster or service configured")
     b.cite(services.label)
-    if aws_error(b, services, "the ECS services"):
-        return b.build("state unknown", error=b.details.get("aws_error"))
+    if (error := aws_error(b, services, "the ECS services")) is not None:
+        return b.build("state unknown", error=error)
     view = read_ecs_services(services.response)
-    by_name = {s.name: s for s in view.services if s.name}
+    by_name = view.named()
+    rollouts = read_service_deployments(services.response, []) if deploys is not None else {}
+    labels = [services.label, *deploy_labels(deploys or {})]
     names = list(expected) or list(by_name)
-    b.details["services"] = {}
+    facts = b.facts = EcsFacts(services={})
     parts = []
     for name in names:
         entry = by_name.get(name)
@@ -207,20 +229,27 @@ def assess_ecs(
                 "service in the AWS console",
                 services.label,
             )
-            b.details["services"][name] = {"status": "MISSING"}
+            facts.services[name] = MissingService()
             parts.append(f"{name} missing")
             continue
-        b.details["services"][name] = {
-            "status": entry.status,
-            "desired": entry.desired,
-            "running": entry.running,
-            "pending": entry.pending,
-            "rollout_state": entry.rollout_state,
-            "deployments": entry.deployments,
-            "recent_events": entry.recent_events,
-        }
+        facts.services[name] = EcsServiceState(
+            status=entry.status,
+            desired=entry.desired,
+            running=entry.running,
+            pending=entry.pending,
+            rollout_state=entry.rollout_state,
+            deployments=entry.deployments,
+            recent_events=entry.recent_events,
+        )
         parts.append(f"{name} {entry.running}/{entry.desired}")
-        _service_findings(b, entry, name, critical, services.label)
+        rollout = rollouts.get(name)
+        judged = None
+        if rollout is not None and deploys is not None and now is not None:
+            judged = facts.deploys[name] = judge_service(rollout, deploys.get(name), now)
+        failing = judged is not None and judged.failing_revision is not None
+        _service_findings(b, entry, name, critical, services.label, failing)
+        if judged is not None and rollout is not None:
+            add_deploy_findings(b, rollout, judged, critical, labels)
     if not names:
         b.warning(
             "No ECS service found in the answer",
@@ -246,8 +275,16 @@ def _severe(
 
 
 def _service_findings(
-    b: ResultBuilder, s: EcsServiceEntry, name: str, critical: bool, evidence: str
+    b: ResultBuilder,
+    s: EcsServiceEntry,
+    name: str,
+    critical: bool,
+    evidence: str,
+    failing: bool = False,
 ) -> None:
+    """`failing`: the primary deployment's revision is failing; the deploy findings say so
+    (with the same severity), so the rollout findings here, which advise waiting for it or
+    forcing a new deployment, are left out."""
     rolling = s.rollout_state == "IN_PROGRESS"
     running, desired = s.running, s.desired
     if s.status is not None and s.status != "ACTIVE":
@@ -272,6 +309,8 @@ def _service_findings(
             f"Set the desired count of {name} back (it serves nothing now)",
             evidence,
         )
+        return
+    if failing:
         return
     if running == 0:
         during = " while a deployment rolls out" if rolling else ""
@@ -333,14 +372,15 @@ def assess_rds(
     problems: list[str] = []
     found: dict[str, DbInstanceEntry] = {}
     failed = 0
+    error = None
     for answer in answers:
         b.cite(answer.label)
-        if aws_error(b, answer, "the RDS instances"):
-            failed += 1
+        if (failure := aws_error(b, answer, "the RDS instances")) is not None:
+            failed, error = failed + 1, failure
             continue
         found.update({i.id: i for i in read_db_instances(answer.response, problems) if i.id})
     if failed == len(answers):
-        return b.build("state unknown", error=b.details.get("aws_error"))
+        return b.build("state unknown", error=error)
     label = answers[0].label
     b.details["instances"] = {
         i: {"status": d.status, "engine": d.engine, "multi_az": d.multi_az}
@@ -381,8 +421,8 @@ def assess_cloudwatch(obs: AwsObservation | None) -> CheckResult:
     if obs is None:
         return CheckResult.skipped(b.name, "no CloudWatch alarm prefix configured")
     b.cite(obs.label)
-    if aws_error(b, obs, "the CloudWatch alarms"):
-        return b.build("state unknown", error=b.details.get("aws_error"))
+    if (error := aws_error(b, obs, "the CloudWatch alarms")) is not None:
+        return b.build("state unknown", error=error)
     problems: list[str] = []
     alarms = read_alarms(obs.response, problems)
     firing = [a for a in alarms if a.state == "ALARM"]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from service_health.assessment.common import ResultBuilder, plural
 from service_health.assessment.mlflow_refusals import add_registry_refusal_findings
+from service_health.details import BreakerFacts, ReplicaBreaker
 from service_health.models import BreakerState, CheckName, CheckResult, CheckStatus
 from service_health.observations import HttpObservation
 from service_health.parsing import parse_metrics, parse_mlflow_health, parse_ready
@@ -99,20 +98,20 @@ class _Replica:
         raw = self.view.breaker_state
         return f"HTTP {self.obs.status_code}, state {raw if raw is not None else 'missing'}"
 
-    def entry(self) -> dict[str, Any]:
+    def facts(self) -> ReplicaBreaker:
         v = self.view
-        return {
-            "state": str(self.state),
-            "failure_count": v.failure_count,
-            "time_until_retry": v.time_until_retry,
-            "recovery_attempts": v.recovery_attempts,
-            "stuck": self.stuck,
-            "connected": v.connected,
-            "readable": v.state_readable,
-            "inferred_from": self.inferred_from,
-            "http_status": self.obs.status_code,
-            "replica": self.obs.replica,
-        }
+        return ReplicaBreaker(
+            state=str(self.state),
+            failure_count=v.failure_count,
+            time_until_retry=v.time_until_retry,
+            recovery_attempts=v.recovery_attempts,
+            stuck=self.stuck,
+            connected=v.connected,
+            readable=v.state_readable,
+            inferred_from=self.inferred_from,
+            http_status=self.obs.status_code,
+            replica=self.obs.replica,
+        )
 
 
 def _overall(states: list[BreakerState | str]) -> BreakerState | str:
@@ -155,7 +154,6 @@ def assess_circuit_breaker(
             replica.inferred_from = signal_source
             b.cite(signal_source.split(" (", 1)[0])
 
-    b.details["replicas"] = {r.label: r.entry() for r in seen}
     states = [r.state for r in seen]
     if not seen and signal_state is not None:
         # No /health/mlflow answer at all: the service-wide signal is all there is.
@@ -163,9 +161,12 @@ def assess_circuit_breaker(
         b.cite(signal_source.split(" (", 1)[0])
         partial = True
     overall = _overall(states)
-    b.details["state"] = str(overall)
-    b.details["open_replicas"] = [r.label for r in seen if r.state == BreakerState.OPEN]
-    b.details["sampled_through_load_balancer"] = sampled
+    b.facts = BreakerFacts(
+        replicas={r.label: r.facts() for r in seen},
+        state=str(overall),
+        open_replicas=[r.label for r in seen if r.state == BreakerState.OPEN],
+        sampled_through_load_balancer=sampled,
+    )
 
     _open_findings(b, seen, noun, signal_state, signal_source)
     _other_findings(b, seen, noun)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from service_health.details import CheckFacts
 from service_health.models import (
-    CONFIGURATION_PROBLEM,
     CheckResult,
     CheckStatus,
     Finding,
@@ -28,7 +28,9 @@ class ResultBuilder:
         self.name = name
         self.findings: list[Finding] = []
         self.evidence: list[str] = []
+        self.facts: CheckFacts | None = None
         self.details: dict[str, Any] = {}
+        self.configuration_problem: str | None = None
         self.statuses: list[CheckStatus] = []
 
     def cite(self, *labels: str) -> None:
@@ -94,7 +96,9 @@ class ResultBuilder:
             status=status,
             duration_ms=duration_ms,
             latency_ms=latency_ms,
+            facts=self.facts,
             details=self.details,
+            configuration_problem=self.configuration_problem,
             error=error,
             evidence=self.evidence,
             findings=self.findings,
@@ -206,13 +210,14 @@ def configuration_problem(obs: AwsObservation) -> str | None:
     return None
 
 
-def aws_error(builder: ResultBuilder, obs: AwsObservation, what: str) -> bool:
-    """Turn a failed AWS call into an `error` status with a warning. True if it failed.
+def aws_error(builder: ResultBuilder, obs: AwsObservation, what: str) -> str | None:
+    """Turn a failed AWS call into an `error` status with a warning; the error ("code:
+    message"), or None when the call succeeded.
 
     The call failing says nothing about the resource's health, so it is never critical.
     """
     if obs.error_code is None and obs.response is not None:
-        return False
+        return None
     code = obs.error_code or "NoResponse"
     detail = f"{code}: {obs.error_message}" if obs.error_message else code
     evidence = [obs.label]
@@ -253,7 +258,6 @@ def aws_error(builder: ResultBuilder, obs: AwsObservation, what: str) -> bool:
             CheckStatus.ERROR,
         )
     builder.details["aws_error"] = detail
-    problem = configuration_problem(obs)
-    if problem is not None:
-        builder.details.setdefault(CONFIGURATION_PROBLEM, problem)
-    return True
+    if builder.configuration_problem is None:
+        builder.configuration_problem = configuration_problem(obs)
+    return detail

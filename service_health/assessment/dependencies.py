@@ -10,6 +10,7 @@ from service_health.assessment.mlflow_refusals import REFUSAL_DETAIL, observed_r
 from service_health.models import CheckName, CheckResult, CheckStatus
 from service_health.observations import HttpObservation, PostgresObservation, RedisObservation
 from service_health.parsing import parse_health, parse_mlflow_search, parse_ready
+from service_health.settings import SLOW_RESPONSE_S
 from service_health.views import HealthView, ReadyCheck, ReadyView
 
 _DB_CHECKS = ("database", "postgres", "postgresql", "db")
@@ -27,7 +28,7 @@ _REDIS_MEMORY_RATIO = 0.9
 
 
 def assess_mlflow(
-    health: HttpObservation | None, search: HttpObservation | None, slow_s: float = 5.0
+    health: HttpObservation | None, search: HttpObservation | None, slow_s: float = SLOW_RESPONSE_S
 ) -> CheckResult:
     """MLflow itself: GET /health and POST /api/2.0/mlflow/experiments/search.
 

@@ -7,15 +7,19 @@ from datetime import UTC, datetime
 
 from service_health.assessment.aws import assess_aws_infrastructure
 from service_health.assessment.common import DEGRADING, unexplained
-from service_health.models import CheckName, CheckResult, DiagnosticReport, Verdict
-
-_AWS_COMPONENTS = (CheckName.ALB, CheckName.ECS, CheckName.RDS, CheckName.CLOUDWATCH)
+from service_health.models import (
+    AWS_COMPONENTS,
+    CheckName,
+    CheckResult,
+    DiagnosticReport,
+    Verdict,
+)
 
 
 def group_aws_components(checks: Mapping[str, CheckResult]) -> dict[str, CheckResult]:
     """Fold top-level alb/ecs/rds/cloudwatch results into `aws_infrastructure`, the seed's
     check name, in the place of the first of them. Checks already grouped are kept as is."""
-    loose = {str(name): checks[name] for name in _AWS_COMPONENTS if name in checks}
+    loose = {str(name): checks[name] for name in AWS_COMPONENTS if name in checks}
     if not loose or CheckName.AWS_INFRASTRUCTURE in checks:
         return dict(checks)
     grouped: dict[str, CheckResult] = {}
@@ -67,7 +71,7 @@ def assess(
     return verdict, critical, warnings, recommendations
 
 
-def build_report(
+def build_diagnostic_report(
     target: str,
     checks: Mapping[str, CheckResult],
     started_at: datetime,

@@ -10,13 +10,14 @@ import pytest
 
 from service_health import contract as c
 from service_health.contract import (
+    ContractOutcome,
     ContractReport,
     ContractSummary,
     ContractTestResult,
     Judgment,
-    Outcome,
-    build_report,
+    build_contract_report,
 )
+from service_health.endpoints import RESET
 from service_health.observations import ErrorKind, HttpObservation
 from tests.domain import bodies as b
 
@@ -596,7 +597,7 @@ CASES: list[Case] = [
     (
         "reset refused 401",
         lambda: c.judge_reset_refused(
-            obs(c.RESET, 401, {"detail": "Bearer token required"}, method="POST"), "without a key"
+            obs(RESET, 401, {"detail": "Bearer token required"}, method="POST"), "without a key"
         ),
         True,
         [],
@@ -604,7 +605,7 @@ CASES: list[Case] = [
     (
         "reset refused 403",
         lambda: c.judge_reset_refused(
-            obs(c.RESET, 403, {"detail": "Invalid API key"}, method="POST"), "with a wrong key"
+            obs(RESET, 403, {"detail": "Invalid API key"}, method="POST"), "with a wrong key"
         ),
         True,
         [],
@@ -612,7 +613,7 @@ CASES: list[Case] = [
     (
         "reset accepted without a key (deployed version)",
         lambda: c.judge_reset_refused(
-            obs(c.RESET, 200, {"message": "Circuit breaker reset"}, method="POST"),
+            obs(RESET, 200, {"message": "Circuit breaker reset"}, method="POST"),
             "without a key",
         ),
         False,
@@ -624,14 +625,14 @@ CASES: list[Case] = [
     (
         "reset endpoint missing",
         lambda: c.judge_reset_refused(
-            obs(c.RESET, 404, {"detail": "Not Found"}, method="POST"), "without a key"
+            obs(RESET, 404, {"detail": "Not Found"}, method="POST"), "without a key"
         ),
         False,
         ["got HTTP 404"],
     ),
     (
         "reset no answer",
-        lambda: c.judge_reset_refused(b.no_answer(c.RESET, ErrorKind.TIMEOUT), "with a wrong key"),
+        lambda: c.judge_reset_refused(b.no_answer(RESET, ErrorKind.TIMEOUT), "with a wrong key"),
         False,
         ["got no answer (timeout:"],
     ),
@@ -674,22 +675,38 @@ def test_every_endpoint_failing_the_same_way_gives_one_line_each() -> None:
 _ONLY_200 = (c.judge_liveness, c.judge_service_status, c.judge_metrics)
 
 
-def _result(name: str, outcome: Outcome) -> ContractTestResult:
+def _result(name: str, outcome: ContractOutcome) -> ContractTestResult:
     return ContractTestResult(name=name, description=name, outcome=outcome)
 
 
 @pytest.mark.parametrize(
     ("outcomes", "total", "passed", "failed", "skipped", "rate", "state"),
     [
-        ([Outcome.PASSED] * 4, 4, 4, 0, 0, 100.0, "Passed"),
-        ([Outcome.PASSED] * 3 + [Outcome.FAILED], 4, 3, 1, 0, 75.0, "Failed"),
-        ([Outcome.PASSED, Outcome.SKIPPED, Outcome.SKIPPED], 1, 1, 0, 2, 100.0, "Passed"),
-        ([Outcome.FAILED, Outcome.FAILED, Outcome.FAILED], 3, 0, 3, 0, 0.0, "Failed"),
-        ([Outcome.SKIPPED], 0, 0, 0, 1, 0.0, "Failed"),
+        ([ContractOutcome.PASSED] * 4, 4, 4, 0, 0, 100.0, "Passed"),
+        ([ContractOutcome.PASSED] * 3 + [ContractOutcome.FAILED], 4, 3, 1, 0, 75.0, "Failed"),
+        (
+            [ContractOutcome.PASSED, ContractOutcome.SKIPPED, ContractOutcome.SKIPPED],
+            1,
+            1,
+            0,
+            2,
+            100.0,
+            "Passed",
+        ),
+        (
+            [ContractOutcome.FAILED, ContractOutcome.FAILED, ContractOutcome.FAILED],
+            3,
+            0,
+            3,
+            0,
+            0.0,
+            "Failed",
+        ),
+        ([ContractOutcome.SKIPPED], 0, 0, 0, 1, 0.0, "Failed"),
     ],
 )
 def test_summary_counts_skipped_apart(
-    outcomes: list[Outcome],
+    outcomes: list[ContractOutcome],
     total: int,
     passed: int,
     failed: int,
@@ -698,7 +715,7 @@ def test_summary_counts_skipped_apart(
     state: str,
 ) -> None:
     results = {f"t{i}": _result(f"t{i}", o) for i, o in enumerate(outcomes)}
-    report = build_report("x", "http://h", "2024-01-01T00:00:00+00:00", 1.0, results)
+    report = build_contract_report("x", "http://h", "2024-01-01T00:00:00+00:00", 1.0, results)
     assert report.summary == ContractSummary(
         total_tests=total, passed=passed, failed=failed, skipped=skipped, success_rate=rate
     )
@@ -715,7 +732,9 @@ def test_seed_json_names_and_order() -> None:
     results["reset_without_key_refused"] = ContractTestResult.skipped(
         "reset_without_key_refused", "read-only run"
     )
-    report = build_report("prod", "https://api", "2024-01-01T00:00:00+00:00", 1.25, results, True)
+    report = build_contract_report(
+        "prod", "https://api", "2024-01-01T00:00:00+00:00", 1.25, results, True
+    )
     data = report.to_seed_json()
     assert list(data)[:5] == ["start_time", "api_url", "tests", "summary", "duration_seconds"]
     assert list(data["tests"]) == ["basic_health", "metrics", "reset_without_key_refused"]
@@ -740,15 +759,17 @@ def test_renderings_show_the_diff() -> None:
             "reset_with_wrong_key_refused", "read-only run: no POST sent"
         ),
     }
-    report = build_report("prod", "https://api", "2024-01-01T00:00:00+00:00", 1.0, results, True)
-    markdown = c.report_markdown(report)
+    report = build_contract_report(
+        "prod", "https://api", "2024-01-01T00:00:00+00:00", 1.0, results, True
+    )
+    markdown = c.contract_markdown(report)
     assert markdown.startswith("# Failed: prod")
     assert "### basic_health" in markdown and "lightweight" in markdown
     assert "| metrics | passed |" in markdown
     rows = c.tests_table(report)
     assert [r["outcome"] for r in rows] == ["failed", "passed", "skipped"]
     assert "lightweight" in rows[0]["diff"]
-    text = c.human_summary(report)
+    text = c.contract_text(report)
     assert "[FAIL] basic_health" in text and "[SKIP] reset_with_wrong_key_refused" in text
     assert "Result: FAILED - 1/2 passed (50%), 1 failed, 1 skipped" in text
 

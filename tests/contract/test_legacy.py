@@ -1,5 +1,5 @@
-"""Against the legacy flavour (DESIGN "Observed in a deployed version"): every deviation is
-flagged by the test it concerns, with a readable diff."""
+"""Against the legacy flavour (docs/health-contract.md "Observed in a deployed version"):
+every deviation is flagged by the test it concerns, with a readable diff."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -111,6 +112,24 @@ def runs_of(deployment: str) -> list[Any]:
     return result
 
 
+@pytest.fixture(autouse=True)
+def automation_enabled(prefect_server: str) -> None:
+    """Automatic remediation as an operator leaves it after re-enabling it: earlier tests on
+    the session's server (in whatever order they ran) may have spent this target's budget
+    or tripped its flap guard, which these tests are not about (tests/flows/
+    test_standdown_flow.py is)."""
+    from prefect.variables import Variable
+
+    Variable.unset("hokusai-recovery-budget")
+    Variable.set("hokusai-reenabled-sandbox", datetime.now(UTC).isoformat(), overwrite=True)
+
+
+def states_of(runs: list[Any]) -> list[str]:
+    """Each run's name, parameters, state and message (for a failure message)."""
+    return [f"{r.name} {r.parameters}: {r.state.name if r.state else None} "
+            f"{r.state.message if r.state else ''}" for r in runs]  # fmt: skip
+
+
 def test_critical_diagnosis_starts_one_recovery_that_waits_for_approval(
     worker: dict[str, str], healed: SandboxProcess
 ) -> None:
@@ -126,11 +145,14 @@ def test_critical_diagnosis_starts_one_recovery_that_waits_for_approval(
     restarts = deployments_started(healed, REGISTRY)
 
     assert final_state(start(DIAGNOSE)).name == "Critical"
-    paused = wait_for(
-        lambda: [r for r in new_recoveries() if r.state and r.state.is_paused()],
-        120,
-        "the automation's recovery run to wait for approval",
-    )
+    try:
+        paused = wait_for(
+            lambda: [r for r in new_recoveries() if r.state and r.state.is_paused()],
+            180,
+            "the automation's recovery run to wait for approval",
+        )
+    except AssertionError as exc:  # say what the recoveries did instead
+        raise AssertionError(f"{exc}: {states_of(new_recoveries())}") from None
     (pending,) = paused
     assert pending.parameters["require_approval"] is True
     assert pending.parameters["dry_run"] is False

@@ -13,6 +13,7 @@ from uuid import UUID
 import pytest
 
 from sandbox.client import SandboxProcess
+from tasks.locking import lock_name
 from tests.conftest import converged
 from tests.deployments.servers import PrefectServer, Worker
 from tests.deployments.test_deploy import run
@@ -111,6 +112,10 @@ def test_a_paused_recovery_survives_a_server_restart(
     wait_for(lambda: (s := state_of(server, pending)) and s.is_paused(), 180, "approval wait")
     form = approval_form(server, pending)
     assert f"Force a new deployment ({REGISTRY})" in form, form
+    # The run gives up its lease once the server reads it Paused (tasks/locking.py). This
+    # server keeps leases in memory: restarted before that, it would lose the lease and
+    # keep the slot taken (production keeps leases in Redis, where they outlive it).
+    wait_for(lambda: slots_taken(server) == 0, 30, "the paused run to give up its lease")
 
     server.stop()
     server.start()
@@ -153,6 +158,16 @@ def test_a_paused_recovery_survives_a_server_restart(
     out = worker.output()
     assert "Lease not found" not in out and "over-allocation" not in out, out[-3000:]
     assert "Unexpected result" not in out, out[-3000:]
+
+
+def slots_taken(server: PrefectServer) -> int:
+    """Slots in use of the target's one-slot concurrency limit (its recovery lock)."""
+
+    async def go(client: Any) -> int:
+        limit = await client.read_global_concurrency_limit_by_name(lock_name("sandbox"))
+        return int(limit.active_slots)
+
+    return server.call(go)
 
 
 def event_names(server: PrefectServer, run_id: UUID) -> list[str]:

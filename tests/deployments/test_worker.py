@@ -91,10 +91,16 @@ def test_a_critical_diagnosis_ends_cleanly_in_the_worker(
     assert (final.message or "").startswith("sandbox: critical - "), final.message
     artifact: Any = asyncio.run(Artifact.aget("diagnosis-sandbox"))
     assert artifact is not None and artifact.flow_run_id == flow_run.id
+
     # The Logs tab tells the story: one line per check, the verdict with its reasons.
-    lines = run_logs(flow_run.id)
-    assert any(line.startswith("Check api_connectivity: unhealthy - ") for line in lines), lines
-    assert any(line.startswith("Verdict for sandbox: critical - ") for line in lines), lines
+    # (The run's process sends its lines in batches: the last may land after its state.)
+    def story() -> list[str] | None:
+        lines = run_logs(flow_run.id)
+        checked = any(line.startswith("Check api_connectivity: unhealthy - ") for line in lines)
+        judged = any(line.startswith("Verdict for sandbox: critical - ") for line in lines)
+        return lines if checked and judged else None
+
+    wait_for(story, 60, "the check and verdict lines in the run's logs")
     # The worker logs the end of the run's process once it is reaped (under the name the
     # run had when it was submitted: the only run this worker ran).
     assert flow_run_named(flow_run.id).startswith("diagnose-sandbox-")
@@ -125,3 +131,41 @@ def run_logs(run_id: Any) -> list[str]:
         return [log.message for log in logs]
 
     return asyncio.run(go())
+
+
+def test_a_fleet_deployed_from_code_ending_critical_ends_cleanly(
+    worker: Path, healed: SandboxProcess
+) -> None:
+    """The fleet deployed without job variables of its own (from code or the API, as
+    bench/fleet.py does; no prefect.yaml block) runs with the pool's defaults, which
+    `deployments setup` sets to the project's engine: its Critical verdict, a Failed state
+    carrying the fleet's table, ends the process cleanly (Prefect's own engine raised
+    "TypeError: Unexpected result for failed state ... list" and exited 1)."""
+    from prefect import get_client
+
+    healed.client.fault("ecs-tasks-crashed", all=True)
+    wait_for(lambda: healed.client.status()["services"]["hokusai-registry"]["running"] == 0,
+             15, "crash")  # fmt: skip
+
+    async def deploy_and_start() -> Any:
+        async with get_client() as client:
+            flow_id = await client.create_flow_from_name("diagnose-fleet")
+            deployment_id = await client.create_deployment(
+                flow_id=flow_id, name="fleet-from-code", work_pool_name="hokusai-process",
+                entrypoint="flows/fleet.py:diagnose_fleet", enforce_parameter_schema=False,
+                path=str(ROOT), pull_steps=[{
+                    "prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}
+                }],
+            )  # fmt: skip
+            return await client.create_flow_run_from_deployment(
+                deployment_id, parameters={"targets": ["sandbox"], "use_deployments": False}
+            )
+
+    flow_run = asyncio.run(deploy_and_start())
+    final = final_state(flow_run.id)
+    assert final.name == "Critical" and final.is_failed(), final
+    wait_for(lambda: re.search(r"Process for flow run '.*' exited", worker.read_text()), 60,
+             "the worker to reap the run")  # fmt: skip
+    log = worker.read_text()
+    assert re.search(r"Process for flow run '.*' exited cleanly", log), log[-3000:]
+    assert "Traceback" not in log and "Unexpected result" not in log, log[-3000:]

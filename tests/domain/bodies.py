@@ -186,7 +186,7 @@ def metrics(state: int = 0, failures: int = 0) -> HttpObservation:
     return http("/metrics", 200, text=metrics_text(state, failures), content_type="text/plain")
 
 
-# --- the deployed version (DESIGN section 4, "Observed in a deployed version") -------------
+# --- the deployed version (docs/health-contract.md, "Observed in a deployed version") -------------
 
 
 def legacy_health() -> HttpObservation:

@@ -11,9 +11,12 @@ from service_health.assessment import (
     assess_ecs,
     assess_rds,
 )
+from service_health.aws_responses import read_ecs_services
+from service_health.details import AlbFacts, TargetGroupState
 from service_health.models import CheckResult, CheckStatus
 from tests.domain import bodies as b
-from tests.domain.helpers import messages, severities
+from tests.domain.helpers import facts, messages, severities
+from tests.recovery.world import service
 
 REG, MLF = "hokusai-registry", "hokusai-mlflow"
 EXPECTED = [REG, MLF]
@@ -271,9 +274,10 @@ def test_aws_wrong_shapes_do_not_crash(response: dict[str, object]) -> None:
 
 def test_alb_details_list_replica_addresses() -> None:
     result = assess_alb(None, {"reg-tg": b.target_health("healthy", "unhealthy")})
-    group = result.details["target_groups"]["reg-tg"]
-    assert (group["healthy"], group["total"]) == (1, 2)
-    assert [t["address"] for t in group["targets"]] == ["10.0.1.5:8000", "10.0.1.6:8000"]
+    group = facts(result, AlbFacts).target_groups["reg-tg"]
+    assert isinstance(group, TargetGroupState)
+    assert (group.healthy, group.total) == (1, 2)
+    assert [t.address for t in group.targets] == ["10.0.1.5:8000", "10.0.1.6:8000"]
 
 
 def test_aws_infrastructure_groups_components() -> None:
@@ -324,3 +328,20 @@ def test_rds_all_calls_failed() -> None:
     result = assess_rds([b.aws("rds", "DescribeDBInstances", None, "ThrottlingException")])
     assert result.status == CheckStatus.ERROR
     assert assess_rds([]).status == CheckStatus.SKIPPED
+
+
+def test_ecs_services_follow_the_services_stable_waiter() -> None:
+    stable = service("reg", 2)
+    stable["deployments"][0]["id"] = "ecs-svc/1"
+    stable["deployments"][0]["createdAt"] = "2024-01-01T11:00:00+00:00"
+    stable["loadBalancers"] = [{"targetGroupArn": "arn:tg/reg-tg/1"}]
+    rolling = service("mlf", 1, 1, rollout="IN_PROGRESS")
+    two = service("two", 2, deployments=2)
+    r = read_ecs_services({"services": [stable, rolling, two]}).for_names(
+        ["reg", "mlf", "two", "gone"]
+    )
+    assert [x.stable for x in r] == [True, False, False, False]
+    assert r[0].primary_deployment_id == "ecs-svc/1"
+    assert r[0].target_group_arns == ["arn:tg/reg-tg/1"]
+    assert r[3].gone and r[3].status == "MISSING"
+    assert "2 deployments" in r[2].describe()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from service_health.assessment import assess_circuit_breaker
+from service_health.details import BreakerFacts
 from service_health.models import CheckStatus
 from service_health.observations import ErrorKind, HttpObservation
 from tests.domain import bodies as b
-from tests.domain.helpers import messages, severities
+from tests.domain.helpers import facts, messages, severities
 
 A, B = "10.0.1.5:8000", "10.0.1.6:8000"
 
@@ -158,7 +159,7 @@ def test_circuit_breaker(
     result = assess_circuit_breaker(reps, ready, metrics, partial=False)
     assert result.status == status, messages(result)
     assert severities(result) == sev, messages(result)
-    assert result.details["state"] == state
+    assert facts(result, BreakerFacts).state == state
     assert all(f.severity != "critical" for f in result.findings)  # OPEN is never critical
 
 
@@ -175,7 +176,7 @@ def test_one_replica_stuck_open_of_two() -> None:
     assert "stuck OPEN" in stuck.message and "after 3 failed recovery attempts" in stuck.message
     assert stuck.recommendation is not None and "reset" in stuck.recommendation.lower()
     assert stuck.evidence == [f"GET {A}/health/mlflow"]
-    assert result.details["replicas"][A] == {
+    assert facts(result, BreakerFacts).replicas[A].model_dump() == {
         "state": "OPEN",
         "failure_count": 9,
         "time_until_retry": None,
@@ -187,15 +188,15 @@ def test_one_replica_stuck_open_of_two() -> None:
         "http_status": 503,
         "replica": A,
     }
-    assert result.details["replicas"][B]["stuck"] is False
-    assert result.details["open_replicas"] == [A]
+    assert facts(result, BreakerFacts).replicas[B].stuck is False
+    assert facts(result, BreakerFacts).open_replicas == [A]
 
 
 def test_open_and_retrying_is_not_stuck() -> None:
     result = assess_circuit_breaker(
         replicas(b.mlflow_health("OPEN", time_until_retry=12, replica=A))
     )
-    assert result.details["replicas"][A]["stuck"] is False
+    assert facts(result, BreakerFacts).replicas[A].stuck is False
     assert "stuck" not in messages(result)
 
 
@@ -203,10 +204,11 @@ def test_legacy_unknown_inferred_open_says_so_in_evidence() -> None:
     result = assess_circuit_breaker(
         replicas(b.legacy_mlflow_unknown(replica=A)), b.legacy_ready(breaker_open=True), None
     )
-    entry = result.details["replicas"][A]
-    assert entry["state"] == "OPEN" and entry["readable"] is False
-    assert entry["inferred_from"].startswith("GET /ready (mlflow check: Circuit breaker open")
-    assert entry["stuck"] is None  # time_until_retry cannot be known
+    entry = facts(result, BreakerFacts).replicas[A]
+    assert entry.state == "OPEN" and entry.readable is False
+    assert entry.inferred_from is not None
+    assert entry.inferred_from.startswith("GET /ready (mlflow check: Circuit breaker open")
+    assert entry.stuck is None  # time_until_retry cannot be known
     assert "GET /ready" in result.evidence
     assert "inferred for" in result.findings[0].message
     assert "GET /ready" in result.findings[0].evidence
@@ -224,7 +226,7 @@ def test_sampled_view_is_partial() -> None:
         replicas(b.mlflow_health(), b.mlflow_health("OPEN")), partial=True
     )
     assert result.partial
-    assert result.details["sampled_through_load_balancer"] is True
+    assert facts(result, BreakerFacts).sampled_through_load_balancer is True
     assert "1 of 2 sampled answers has" in messages(result)
     assert any(f.severity == "info" and "Partial view" in f.message for f in result.findings)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from service_health.assessment import assess_circuit_breaker, assess_health_endpoints
 from service_health.contract import reset_probes_unsafe
+from service_health.details import BreakerFacts
 from service_health.discipline import RequestLog, halt_reason, stall_causes
 from service_health.models import BreakerState
 from service_health.observations import ErrorKind, HttpObservation
 from service_health.parsing import parse_metrics, state_mapping_from_help
 from tests.domain import bodies as b
+from tests.domain.helpers import facts
 from tests.domain.test_assess_api import legacy
 
 R1, R2 = "10.0.1.5:8000", "10.0.1.6:8000"
@@ -61,8 +63,8 @@ def test_deployed_open_breaker_is_open_never_half_open() -> None:
         b.legacy_ready(breaker_open=True),
         b.legacy_metrics(state="OPEN"),
     )
-    assert result.details["state"] == "OPEN"
-    assert result.details["open_replicas"] == [R1, R2]
+    assert facts(result, BreakerFacts).state == "OPEN"
+    assert facts(result, BreakerFacts).open_replicas == [R1, R2]
     assert "HALF_OPEN" not in messages(result)
     assert "Wait for the trial calls" not in " ".join(
         f.recommendation or "" for f in result.findings
@@ -79,7 +81,7 @@ def test_explicit_statement_outranks_a_conflicting_number() -> None:
     result = assess_circuit_breaker(
         {R1: b.legacy_mlflow_unknown(R1)}, b.legacy_ready(breaker_open=True), contract_mapped_two
     )
-    assert result.details["state"] == "OPEN"
+    assert facts(result, BreakerFacts).state == "OPEN"
     conflict = [f for f in result.findings if f.message.startswith("Conflicting evidence")]
     assert len(conflict) == 1 and conflict[0].severity == "info"
     assert "taking OPEN from the explicit statement" in conflict[0].message
@@ -87,7 +89,7 @@ def test_explicit_statement_outranks_a_conflicting_number() -> None:
 
 def test_half_open_still_reads_half_open() -> None:
     result = assess_circuit_breaker({R1: b.mlflow_health("HALF_OPEN", replica=R1, code=503)})
-    assert result.details["state"] == "HALF_OPEN"
+    assert facts(result, BreakerFacts).state == "HALF_OPEN"
 
 
 # -- when to stop sending ---------------------------------------------------------------------

@@ -99,3 +99,16 @@ def test_secret_never_survives(secret: str, before: str, after: str) -> None:
     out = Redactor([secret]).text(before + secret + after + quote(secret, safe=""))
     assert secret not in out
     assert quote(secret, safe="") not in out
+
+
+def test_redactor_text_masks_credentials_of_every_url_in_it() -> None:
+    """Userinfo and credential query parameters of URLs embedded in free text (an API URL
+    logged as configured, an error a server wrote) are masked without being told them."""
+    text = (
+        "Diagnosing prod at https://ops:pw1@api.example/v1?api_key=k3y&region=eu, "
+        "then 'http://h/x?token=t0k' and http://h/ready."
+    )
+    out = Redactor([]).text(text)
+    for secret in ("pw1", "k3y", "t0k"):
+        assert secret not in out, out
+    assert "region=eu" in out and "http://h/ready." in out and out.startswith("Diagnosing prod")

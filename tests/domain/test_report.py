@@ -13,10 +13,10 @@ from service_health.assessment import (
     assess_aws_infrastructure,
     assess_circuit_breaker,
     assess_ecs,
-    build_report,
+    build_diagnostic_report,
 )
 from service_health.models import CheckName, CheckResult, CheckStatus, DiagnosticReport, Verdict
-from service_health.rendering import checks_table, human_summary, report_markdown
+from service_health.rendering import checks_table, diagnosis_markdown, diagnosis_text
 from tests.domain import bodies as b
 
 SEED_TOP = [
@@ -66,7 +66,7 @@ def sample_report() -> DiagnosticReport:
         "redis": CheckResult.skipped("redis", "no Redis URL configured"),
         "database": CheckResult.failed("database", "deadline exceeded after 30 s"),
     }
-    return build_report("production", checks, datetime(2024, 1, 1, tzinfo=UTC), 3.2)
+    return build_diagnostic_report("production", checks, datetime(2024, 1, 1, tzinfo=UTC), 3.2)
 
 
 def test_seed_json_keeps_the_seed_names() -> None:
@@ -125,7 +125,7 @@ def test_checks_table_rows() -> None:
 
 
 def test_markdown_verdict_first_and_table_escaped() -> None:
-    text = report_markdown(sample_report())
+    text = diagnosis_markdown(sample_report())
     lines = text.splitlines()
     assert lines[0] == "# Critical: production"
     assert "exit code 2" in lines[2]
@@ -141,7 +141,7 @@ def test_markdown_verdict_first_and_table_escaped() -> None:
 
 
 def test_human_summary_is_plain_text() -> None:
-    text = human_summary(sample_report())
+    text = diagnosis_text(sample_report())
     assert "\x1b" not in text and not re.search(r"[^\x09\x0a\x20-\x7e]", text)
     assert "Verdict: CRITICAL (exit code 2)" in text
     assert "Critical issues:" in text and "Recommendations:" in text
@@ -150,14 +150,14 @@ def test_human_summary_is_plain_text() -> None:
 
 
 def test_healthy_report_renders_without_sections() -> None:
-    report = build_report(
+    report = build_diagnostic_report(
         "t",
         {"api_connectivity": CheckResult(name="api_connectivity", status=CheckStatus.HEALTHY)},
         datetime.now(UTC),
         0.1,
     )
-    assert "Warnings" not in human_summary(report)
-    assert "## Recommendations\n\n- none" in report_markdown(report)
+    assert "Warnings" not in diagnosis_text(report)
+    assert "## Recommendations\n\n- none" in diagnosis_markdown(report)
 
 
 def test_build_report_groups_loose_aws_components() -> None:
@@ -172,7 +172,7 @@ def test_build_report_groups_loose_aws_components() -> None:
             error="timed out: still running at the 30s deadline",
         ),
     }
-    report = build_report("t", checks, datetime(2024, 1, 1, tzinfo=UTC), 1.0)
+    report = build_diagnostic_report("t", checks, datetime(2024, 1, 1, tzinfo=UTC), 1.0)
     assert list(report.checks) == ["api_connectivity", "aws_infrastructure", "redis"]
     group = report.checks["aws_infrastructure"]
     assert list(group.components) == ["alb", "ecs", "cloudwatch"]

@@ -23,7 +23,7 @@ from service_health.assessment import (
     assess_rds,
     assess_redis,
     assess_redis_from_service,
-    build_report,
+    build_diagnostic_report,
 )
 from service_health.models import CheckResult, CheckStatus, Finding, Verdict
 from service_health.observations import (
@@ -175,7 +175,7 @@ class World:
             ),
             "service_metrics": assess_metrics(e["/metrics"]),
         }
-        report = build_report("t", checks, datetime(2024, 1, 1, tzinfo=UTC), 2.5)
+        report = build_diagnostic_report("t", checks, datetime(2024, 1, 1, tzinfo=UTC), 2.5)
         report.to_seed_json()
         return report.overall_status, report.critical_issues, report.warnings
 
@@ -347,7 +347,7 @@ def test_breaker_open_alone_is_never_critical() -> None:
 
 
 def test_build_report_takes_naive_time_as_utc() -> None:
-    report = build_report("t", {}, datetime(2024, 1, 1, 12, 0, 0), 1.23456)
+    report = build_diagnostic_report("t", {}, datetime(2024, 1, 1, 12, 0, 0), 1.23456)
     assert report.timestamp == "2024-01-01T12:00:00+00:00"
     assert report.diagnostic_duration_seconds == 1.235
     assert report.overall_status == Verdict.HEALTHY

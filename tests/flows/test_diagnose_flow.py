@@ -125,6 +125,23 @@ def test_hung_registry_reports_within_the_deadline(
     assert report.checks["database"].status.value == "healthy"  # others still reported
 
 
+def test_slow_aws_does_not_starve_the_breaker_read(
+    env: dict[str, str], healed: SandboxProcess
+) -> None:
+    """AWS answers so slowly (as throttling retries make it) that replica discovery cannot
+    finish in time: the breaker is still read, through the load balancer, and found
+    CLOSED, rather than reported unreadable for want of time."""
+    healed.client.fault("latency", ms=2500, component="aws")
+    _, report = diagnose(deadline_seconds=8)
+    breaker = report.checks["circuit_breaker"]
+    assert breaker.status.value == "healthy", breaker
+    assert breaker.partial, breaker  # sampled through the load balancer
+    discipline = report.checks["health_endpoints"].details["request_discipline"]
+    assert discipline["mlflow_touching_sent"] >= 1, discipline
+    assert not any("deadline" in line for line in discipline["not_sent"]), discipline
+    assert "replica discovery through AWS" in (discipline["sample_basis"] or ""), discipline
+
+
 def test_each_endpoint_fetched_at_most_once_per_replica(
     env: dict[str, str], healed: SandboxProcess
 ) -> None:
@@ -167,3 +184,25 @@ def test_secrets_never_leak(env: dict[str, str], healed: SandboxProcess, tmp_pat
     for secret in secrets:
         for text in haystacks:
             assert secret not in text
+
+
+def test_aws_credentials_from_a_prefect_block(
+    env: dict[str, str], healed: SandboxProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The block is loaded in the worker thread that makes the AWS clients, where the
+    # copied run context once made Prefect hand back an unawaited coroutine instead.
+    from prefect_aws import AwsCredentials
+
+    block = AwsCredentials(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
+    )
+    block.save("diagnose-test-aws", overwrite=True)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CREDENTIALS_BLOCK", "diagnose-test-aws")
+    _, report = diagnose()
+    aws = report.checks["aws_infrastructure"]
+    assert aws.status.value == "healthy", aws
+    assert not report.configuration_problems()

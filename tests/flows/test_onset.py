@@ -24,9 +24,11 @@ import pytest
 from sandbox.client import SandboxProcess
 from sandbox.registry.config import LegacyRetryBudget
 from sandbox.statefiles import env_lines
+from service_health.details import BreakerFacts
 from service_health.discipline import MLFLOW_TOUCHING
 from service_health.models import DiagnosticReport
 from tests.conftest import LEGACY_TEST_ENV, converged
+from tests.domain.helpers import facts
 from tests.flows.test_diagnose_flow import diagnose
 from tests.flows.test_recover_flow import recover
 from tests.helpers import wait_for
@@ -120,6 +122,12 @@ def assert_disciplined(sandbox: SandboxProcess, report: DiagnosticReport) -> Non
     assert discipline["mlflow_touching_sent"] <= discipline["mlflow_touching_budget"]
 
 
+def breaker_state(report: DiagnosticReport) -> str | None:
+    """The breaker state the diagnosis read (None when the check read none)."""
+    found = report.checks["circuit_breaker"].facts
+    return found.state if isinstance(found, BreakerFacts) else None
+
+
 def run_onset(sandbox: SandboxProcess, fault: str) -> list[tuple[DiagnosticReport, float]]:
     """Inject `fault` and diagnose back to back until every breaker reads OPEN."""
     addresses = replicas(sandbox)
@@ -141,7 +149,7 @@ def run_onset(sandbox: SandboxProcess, fault: str) -> list[tuple[DiagnosticRepor
         assert report.diagnostic_duration_seconds <= DEADLINE_S, took
         # Until a run with every breaker OPEN reads OPEN (an OPEN read as HALF_OPEN fails).
         all_open = set(sandbox.client.breaker_states().values()) == {"OPEN"}
-        if all_open and report.checks["circuit_breaker"].details.get("state") == "OPEN":
+        if all_open and breaker_state(report) == "OPEN":
             break
     return runs
 
@@ -151,7 +159,7 @@ def test_every_diagnosis_through_the_onset_is_degraded_and_stalls_at_most_one_ch
     legacy: SandboxProcess, fault: str
 ) -> None:
     runs = run_onset(legacy, fault)
-    states = [r.checks["circuit_breaker"].details.get("state") for r, _ in runs]
+    states = [breaker_state(r) for r, _ in runs]
     assert states[-1] == "OPEN", states  # the run ends with the breakers read OPEN
     assert "HALF_OPEN" not in states, states  # OPEN is never read as HALF_OPEN
     assert len(runs) >= 3, states  # the onset was diagnosed, not only its end
@@ -194,7 +202,7 @@ def test_open_and_half_open_read_as_they_are(legacy: SandboxProcess) -> None:
     legacy.client.force_breaker("OPEN")
     _, report = diagnose(deadline_seconds=DEADLINE_S)
     breaker = report.checks["circuit_breaker"]
-    assert breaker.details["state"] == "OPEN", breaker.summary
+    assert facts(breaker, BreakerFacts).state == "OPEN", breaker.summary
     assert "HALF_OPEN" not in " ".join(f.message for f in breaker.findings)
     _, plan = recover(dry_run=True)
     assert "reset_breaker" in [s.kind.value for s in plan.plan.steps], plan.plan.steps
@@ -203,7 +211,7 @@ def test_open_and_half_open_read_as_they_are(legacy: SandboxProcess) -> None:
     wait_for(lambda: set(legacy.client.breaker_states().values()) == {"CLOSED"}, 30, "reset")
     legacy.client.force_breaker("HALF_OPEN")
     _, report = diagnose(deadline_seconds=DEADLINE_S)
-    assert report.checks["circuit_breaker"].details["state"] == "HALF_OPEN"
+    assert facts(report.checks["circuit_breaker"], BreakerFacts).state == "HALF_OPEN"
 
 
 def test_mlflow_down_from_the_environment_alone_is_degraded(

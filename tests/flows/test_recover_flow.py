@@ -50,9 +50,10 @@ def ecs(sandbox: SandboxProcess) -> Any:
 
 
 def deployments_started(sandbox: SandboxProcess, service: str) -> int:
-    svc = ecs(sandbox).describe_services(cluster="hokusai-sandbox", services=[service])
-    events = svc["services"][0]["events"]
-    return sum("has started a new deployment" in e["message"] for e in events)
+    """New deployments of `service` since the sandbox started (its own count: ECS's service
+    events keep only the latest 100 messages, and a session makes more)."""
+    count: int = sandbox.client.status()["services"][service]["deployments_started"]
+    return count
 
 
 def breaker_states(sandbox: SandboxProcess) -> dict[str, str]:

@@ -4,14 +4,17 @@ the first attempt provably did not apply."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-import tasks.recovery as recovery_tasks
 from service_health.recovery import ActionResult, EntryStatus
+from tasks import aws
+from tasks.recovery import ActionContext, deployments
+from tasks.recovery.deployments import DeploymentData
 from tests.recovery.world import make_target
 
 
@@ -65,24 +68,24 @@ class FakeEcs:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    monkeypatch.setattr(recovery_tasks.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(time, "sleep", lambda _s: None)  # the settling waits and backoff
     holder: dict[str, FakeEcs] = {}
 
     def install(ids: list[str], writes: list[BaseException | str]) -> FakeEcs:
         holder["ecs"] = FakeEcs(ids, writes)
-        monkeypatch.setattr(recovery_tasks, "make_read_client", lambda *a: holder["ecs"])
-        monkeypatch.setattr(recovery_tasks, "make_write_client", lambda *a: holder["ecs"])
+        monkeypatch.setattr(aws, "ecs_client", lambda *a, **kw: holder["ecs"])
+        monkeypatch.setattr(aws, "ecs_write_client", lambda *a, **kw: holder["ecs"])
         return holder["ecs"]
 
     yield install
 
 
-def force(expected: str | None = "d1") -> ActionResult:
+def force(expected: str | None = "d1") -> ActionResult[DeploymentData]:
     target = make_target()
-    result: ActionResult = asyncio.run(
-        recovery_tasks.force_new_deployment.fn(target, "reg", expected)
+    writers = ActionContext(target).writers
+    return asyncio.run(
+        deployments.force_new_deployment.fn(target, "reg", expected, writers=writers)
     )
-    return result
 
 
 READ_TIMEOUT = ReadTimeoutError(endpoint_url="http://ecs")
@@ -92,15 +95,15 @@ NOT_SENT = EndpointConnectionError(endpoint_url="http://ecs")
 def test_applied_at_once(fake: Any) -> None:
     ecs = fake(["d1"], ["d2"])
     result = force()
-    assert result.success and result.data["applied"] is True and ecs.updates == 1
-    assert result.data["deployment_id"] == "d2"
+    assert result.success and result.data.applied is True and ecs.updates == 1
+    assert result.data.deployment_id == "d2"
 
 
 def test_throttled_is_refused_and_retried(fake: Any) -> None:
     ecs = fake(["d1"], [client_error("ThrottlingException", 400), "d2"])
     result = force()
     assert result.success and ecs.updates == 2
-    assert "refused, not applied" in result.data["attempts"][0]
+    assert "refused, not applied" in result.data.attempts[0]
 
 
 def test_connection_never_made_is_retried(fake: Any) -> None:
@@ -111,8 +114,8 @@ def test_connection_never_made_is_retried(fake: Any) -> None:
 def test_read_timeout_that_applied_is_not_retried(fake: Any) -> None:
     ecs = fake(["d1", "d2"], [READ_TIMEOUT])  # the second read shows the new deployment
     result = force()
-    assert result.success and result.data["applied"] is True and ecs.updates == 1
-    assert result.data["deployment_id"] == "d2"
+    assert result.success and result.data.applied is True and ecs.updates == 1
+    assert result.data.deployment_id == "d2"
     assert "although UpdateService reported ReadTimeoutError" in result.entries[0].details
 
 
@@ -125,7 +128,7 @@ def test_read_timeout_that_did_not_apply_is_retried_once_proven(fake: Any) -> No
     ecs = fake(["d1"], [READ_TIMEOUT, "d2"])  # ECS keeps showing d1: it did not apply
     result = force()
     assert result.success and ecs.updates == 2
-    assert "deployment unchanged, not applied" in result.data["attempts"][0]
+    assert "deployment unchanged, not applied" in result.data.attempts[0]
 
 
 def test_definitive_errors_are_not_retried(fake: Any) -> None:
@@ -149,7 +152,7 @@ def test_unreadable_after_an_ambiguous_failure_is_not_retried(fake: Any) -> None
 
     ecs.describe_services = describe
     result = force()
-    assert not result.success and ecs.updates == 1 and result.data["applied"] is None
+    assert not result.success and ecs.updates == 1 and result.data.applied is None
     assert "never restart twice" in result.entries[0].details
 
 
@@ -157,10 +160,10 @@ def test_gives_up_after_the_attempts(fake: Any) -> None:
     throttled = client_error("ThrottlingException", 400)
     ecs = fake(["d1"], [throttled] * 4)
     result = force()
-    assert not result.success and ecs.updates == 4 and result.data["applied"] is False
+    assert not result.success and ecs.updates == 4 and result.data.applied is False
 
 
 def test_a_newer_deployment_than_diagnosed_is_left_alone(fake: Any) -> None:
     ecs = fake(["d2"], ["d3"])
     result = force(expected="d1")
-    assert result.success and result.data["applied"] is False and ecs.updates == 0
+    assert result.success and result.data.applied is False and ecs.updates == 0

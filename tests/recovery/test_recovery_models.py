@@ -12,9 +12,9 @@ from service_health.planning import plan_recovery
 from service_health.recovery import (
     ActionResult,
     EntryStatus,
-    Outcome,
     RecoveryHistory,
     RecoveryLogEntry,
+    RecoveryOutcome,
     RecoveryPlan,
     RecoveryStep,
     ServiceHistory,
@@ -26,7 +26,6 @@ from service_health.recovery import (
     parse_time,
     passive_result,
     prepare_step,
-    read_rollouts,
     rejection_entry,
     verification_result,
 )
@@ -38,7 +37,7 @@ from service_health.recovery_rendering import (
     recovery_markdown,
     result_text,
 )
-from tests.recovery.world import NOW, R1, World, make_target, service
+from tests.recovery.world import NOW, R1, World, make_target
 
 
 def report(verdict: Verdict, *issues: str) -> DiagnosticReport:
@@ -68,18 +67,18 @@ def plan_of(verdict: Verdict, *kinds: StepKind, **step: Any) -> RecoveryPlan:
 
 
 def ok(step: int, success: bool = True) -> ActionResult:
-    return ActionResult(step=step, action="x", success=success)
+    return ActionResult(step=step, action="x", success=success, data=None)
 
 
 RESET, FORCE, ESC = StepKind.RESET_BREAKER, StepKind.FORCE_DEPLOYMENT, StepKind.ESCALATE
 H, D, C = Verdict.HEALTHY, Verdict.DEGRADED, Verdict.CRITICAL
 
 OUTCOMES = [
-    ("already-healthy", plan_of(H), [], report(H), False, False, Outcome.ALREADY_HEALTHY),
-    ("dry-run", plan_of(D, RESET), [], None, True, False, Outcome.PLANNED),
-    ("rejected", plan_of(D, RESET), [], None, False, True, Outcome.REJECTED),
-    ("recovered", plan_of(D, RESET), [ok(1)], report(H), False, False, Outcome.RECOVERED),
-    ("no-final-diagnosis", plan_of(D, RESET), [ok(1)], None, False, False, Outcome.FAILED),
+    ("already-healthy", plan_of(H), [], report(H), False, False, RecoveryOutcome.ALREADY_HEALTHY),
+    ("dry-run", plan_of(D, RESET), [], None, True, False, RecoveryOutcome.PLANNED),
+    ("rejected", plan_of(D, RESET), [], None, False, True, RecoveryOutcome.REJECTED),
+    ("recovered", plan_of(D, RESET), [ok(1)], report(H), False, False, RecoveryOutcome.RECOVERED),
+    ("no-final-diagnosis", plan_of(D, RESET), [ok(1)], None, False, False, RecoveryOutcome.FAILED),
     (
         "escalation-only-stays-critical",
         plan_of(C, ESC),
@@ -87,7 +86,7 @@ OUTCOMES = [
         report(C, "db down"),
         False,
         False,
-        Outcome.FAILED,
+        RecoveryOutcome.FAILED,
     ),
     (
         "corrected-but-degraded",
@@ -96,7 +95,7 @@ OUTCOMES = [
         report(D, "redis down"),
         False,
         False,
-        Outcome.PARTIALLY_RECOVERED,
+        RecoveryOutcome.PARTIALLY_RECOVERED,
     ),
     (
         "improved-critical-to-degraded",
@@ -105,7 +104,7 @@ OUTCOMES = [
         report(D, "x"),
         False,
         False,
-        Outcome.PARTIALLY_RECOVERED,
+        RecoveryOutcome.PARTIALLY_RECOVERED,
     ),
     (
         "action-failed-still-degraded",
@@ -114,7 +113,7 @@ OUTCOMES = [
         report(D, "x"),
         False,
         False,
-        Outcome.FAILED,
+        RecoveryOutcome.FAILED,
     ),
     (
         "corrected-but-still-critical",
@@ -123,7 +122,7 @@ OUTCOMES = [
         report(C, "x"),
         False,
         False,
-        Outcome.FAILED,
+        RecoveryOutcome.FAILED,
     ),
 ]
 
@@ -139,22 +138,28 @@ def test_outcome(
     final: DiagnosticReport | None,
     dry_run: bool,
     rejected: bool,
-    expected: Outcome,
+    expected: RecoveryOutcome,
 ) -> None:
     assert decide_outcome(plan, results, final, dry_run=dry_run, rejected=rejected) == expected
 
 
 def test_outcome_names_exit_codes_and_state_types() -> None:
-    assert [o.state_name for o in Outcome] == [
+    assert [o.state_name for o in RecoveryOutcome] == [
         "Recovered",
         "Already healthy",
         "Planned",
         "Rejected",
         "Partially recovered",
         "Failed",
+        "Frozen",
+        "Stood down",
+        "Skipped",
     ]
-    assert {o for o in Outcome if o.exit_code == 0} == {Outcome.RECOVERED, Outcome.ALREADY_HEALTHY}
-    assert [o for o in Outcome if o.is_failure] == [Outcome.FAILED]
+    assert {o for o in RecoveryOutcome if o.exit_code == 0} == {
+        RecoveryOutcome.RECOVERED,
+        RecoveryOutcome.ALREADY_HEALTHY,
+    }
+    assert [o for o in RecoveryOutcome if o.is_failure] == [RecoveryOutcome.FAILED]
 
 
 def mlflow_down_plan() -> RecoveryPlan:
@@ -205,7 +210,7 @@ def test_dry_run_logs_every_step_and_changes_nothing() -> None:
     result = build_result(
         plan, [], started_at=NOW, duration_s=0.5, dry_run=True, extra_entries=entries
     )
-    assert result.outcome == Outcome.PLANNED and not result.overall_success
+    assert result.outcome == RecoveryOutcome.PLANNED and not result.overall_success
     assert "nothing was changed" in result.message
 
 
@@ -215,9 +220,9 @@ def test_seed_json_keeps_the_seed_field_names() -> None:
         action="reset_breaker", status=EntryStatus.SUCCESS, details="reset", subject=R1
     )
     results = [
-        ActionResult(step=1, action="reset_breaker", success=True, entries=[reset_entry]).numbered(
-            1
-        ),
+        ActionResult(
+            step=1, action="reset_breaker", success=True, entries=[reset_entry], data=None
+        ).numbered(1),
         verification_result(plan.steps[1], report(H)),
     ]
     result = build_result(
@@ -251,7 +256,7 @@ def test_rejection_and_rendering() -> None:
         rejected=True,
         extra_entries=[rejection_entry("rejected by alice")],
     )
-    assert result.outcome == Outcome.REJECTED and result.exit_code == 1
+    assert result.outcome == RecoveryOutcome.REJECTED and result.exit_code == 1
     md = recovery_markdown(result)
     assert md.startswith("# Rejected: prod") and "rejected by alice" in md
     assert "| 1 | Force a new deployment (mlf) | yes |" in md
@@ -266,21 +271,6 @@ def test_rejection_and_rendering() -> None:
 def test_markdown_cells_cannot_break_the_table() -> None:
     plan = plan_of(D, ESC, recommendation="a | b\nc")
     assert "a \\| b c" in plan_markdown(plan)
-
-
-def test_rollouts_follow_the_services_stable_waiter() -> None:
-    stable = service("reg", 2)
-    stable["deployments"][0]["id"] = "ecs-svc/1"
-    stable["deployments"][0]["createdAt"] = "2024-01-01T11:00:00+00:00"
-    stable["loadBalancers"] = [{"targetGroupArn": "arn:tg/reg-tg/1"}]
-    rolling = service("mlf", 1, 1, rollout="IN_PROGRESS")
-    two = service("two", 2, deployments=2)
-    r = read_rollouts({"services": [stable, rolling, two]}, ["reg", "mlf", "two", "gone"])
-    assert [x.stable for x in r] == [True, False, False, False]
-    assert r[0].primary_deployment_id == "ecs-svc/1"
-    assert r[0].target_group_arns == ["arn:tg/reg-tg/1"]
-    assert r[3].gone and r[3].status == "MISSING"
-    assert "2 deployments" in r[2].describe()
 
 
 def test_history_and_time_parsing() -> None:

@@ -12,7 +12,6 @@ import boto3
 import httpx
 import pytest
 
-import tasks.recovery as recovery_tasks
 from flows.recover import apply as apply_plan
 from flows.recover import diagnose
 from sandbox.client import SandboxProcess
@@ -20,22 +19,21 @@ from service_health.models import DiagnosticReport, Verdict
 from service_health.planning import plan_recovery
 from service_health.recovery import (
     ActionResult,
+    AnyActionResult,
     EntryStatus,
-    Outcome,
+    RecoveryOutcome,
     RecoveryStep,
     StepKind,
     build_result,
 )
 from service_health.settings import Target
-from tasks.recovery import (
-    check_alb_targets,
-    execute_step,
-    force_new_deployment,
-    read_recovery_history,
-    reset_breakers,
-    wait_for_mlflow,
-    wait_for_stabilization,
-)
+from tasks import aws
+from tasks.recovery import ActionContext, execute_step, read_recovery_history
+from tasks.recovery.breaker import ResetData, reset_breakers
+from tasks.recovery.deployments import DeploymentData, force_new_deployment
+from tasks.recovery.registry import Writers
+from tasks.recovery.targets import TargetsData, check_alb_targets
+from tasks.recovery.waits import WaitData, wait_for_mlflow, wait_for_stabilization
 from tests.helpers import breaker_open_everywhere, wait_for
 
 REGISTRY, MLFLOW = "hokusai-registry", "hokusai-mlflow"
@@ -100,7 +98,7 @@ def breaker_state(address: str) -> str:
     return str(body["circuit_breaker_state"])
 
 
-def noticed(sandbox: SandboxProcess, service: str, deployment_id: str) -> None:
+def noticed(sandbox: SandboxProcess, service: str, deployment_id: str | None) -> None:
     """The sandbox's ECS simulation picked the forced deployment up.
 
     Known sandbox race: an UpdateService landing while the simulation probes its replicas is
@@ -121,6 +119,11 @@ def noticed(sandbox: SandboxProcess, service: str, deployment_id: str) -> None:
         )
 
 
+def writers(target: Target) -> Writers:
+    """The write clients an action gets from its context (only the apply path has one)."""
+    return ActionContext(target).writers
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -135,7 +138,9 @@ def test_reset_only_the_stuck_replica(healed: SandboxProcess, target: Target) ->
     assert breaker_state(stuck) == "OPEN" and breaker_state(other) == "CLOSED"
     sandbox.client.reset_request_counts()
 
-    result: ActionResult = run(reset_breakers.fn(target.api_key, [stuck], target.api_url))
+    result: ActionResult[ResetData] = run(
+        reset_breakers.fn(target, [stuck], target.api_key, writers=writers(target))
+    )
 
     assert result.success, [e.details for e in result.entries]
     assert [(e.action, e.status, e.subject) for e in result.entries] == [
@@ -146,7 +151,7 @@ def test_reset_only_the_stuck_replica(healed: SandboxProcess, target: Target) ->
     counts = sandbox.client.request_counts()
     assert counts[stuck].get(RESET_KEY) == 1 and counts[stuck].get(READ_KEY) == 1
     assert RESET_KEY not in counts[other] and READ_KEY not in counts[other]
-    assert result.data["verified"] == {stuck: "CLOSED"}
+    assert result.data.verified == {stuck: "CLOSED"}
 
 
 def test_wrong_key_is_a_clear_failure_and_not_retried(
@@ -156,7 +161,9 @@ def test_wrong_key_is_a_clear_failure_and_not_retried(
     (stuck,) = sandbox.client.fault("breaker-stuck-open", replica=0)["replicas"]
     sandbox.client.reset_request_counts()
 
-    result: ActionResult = run(reset_breakers.fn("not-the-key", [stuck], target.api_url))
+    result: ActionResult[ResetData] = run(
+        reset_breakers.fn(target, [stuck], "not-the-key", writers=writers(target))
+    )
 
     assert not result.success
     (entry,) = result.entries  # no verification after a failed reset
@@ -166,7 +173,9 @@ def test_wrong_key_is_a_clear_failure_and_not_retried(
     assert sandbox.client.request_counts()[stuck] == {RESET_KEY: 1}
     assert breaker_state(stuck) == "OPEN"
 
-    no_key: ActionResult = run(reset_breakers.fn(None, [stuck], target.api_url))
+    no_key: ActionResult[ResetData] = run(
+        reset_breakers.fn(target, [stuck], None, writers=writers(target))
+    )
     assert not no_key.success and "HTTP 401" in no_key.entries[0].details
     assert "none is configured" in no_key.entries[0].details
 
@@ -186,13 +195,15 @@ def test_forced_deployment_replaces_crashed_replicas_and_stabilises(
     mlflow_before = history.deployment_id(MLFLOW)
     assert expected and history.services[REGISTRY].target_groups == ["hokusai-registry-tg"]
 
-    forced: ActionResult = run(force_new_deployment.fn(target, REGISTRY, expected))
-    assert forced.success and forced.data["applied"] is True, forced.entries[0].details
-    assert forced.data["deployment_id"] != expected
-    noticed(sandbox, REGISTRY, forced.data["deployment_id"])
+    forced: ActionResult[DeploymentData] = run(
+        force_new_deployment.fn(target, REGISTRY, expected, writers=writers(target))
+    )
+    assert forced.success and forced.data.applied is True, forced.entries[0].details
+    assert forced.data.deployment_id != expected
+    noticed(sandbox, REGISTRY, forced.data.deployment_id)
 
     started = time.monotonic()
-    stable: ActionResult = run(
+    stable: ActionResult[WaitData] = run(
         wait_for_stabilization.fn(target, [REGISTRY], timeout_s=90, consecutive=2)
     )
     assert stable.success, stable.entries[0].details
@@ -206,14 +217,16 @@ def test_forced_deployment_replaces_crashed_replicas_and_stabilises(
         services=[REGISTRY],
         WaiterConfig={"Delay": 1, "MaxAttempts": 1},
     )
-    alb: ActionResult = run(check_alb_targets.fn(target))
-    assert alb.success and alb.data["groups"]["hokusai-registry-tg"]["healthy"] == 2
+    alb: ActionResult[TargetsData] = run(check_alb_targets.fn(target))
+    assert alb.success and alb.data.groups["hokusai-registry-tg"].healthy == 2
     # Only the affected service was redeployed.
     assert run(read_recovery_history.fn(target)).deployment_id(MLFLOW) == mlflow_before
 
     # A second attempt with the same diagnosis never restarts twice.
-    again: ActionResult = run(force_new_deployment.fn(target, REGISTRY, expected))
-    assert again.success and again.data["applied"] is False
+    again: ActionResult[DeploymentData] = run(
+        force_new_deployment.fn(target, REGISTRY, expected, writers=writers(target))
+    )
+    assert again.success and again.data.applied is False
     assert "not forcing another" in again.entries[0].details
     assert len(described(sandbox, REGISTRY)["deployments"]) == 1
 
@@ -223,10 +236,10 @@ def test_throttled_forced_deployment_applies_exactly_once(
 ) -> None:
     sandbox = healed
     attempts: list[int] = []
-    original = recovery_tasks.make_write_client
+    original = aws.ecs_write_client
 
-    def counting_client(t: Target) -> Any:
-        client = original(t)
+    def counting_client(t: Target, *, idempotent: bool = False) -> Any:
+        client = original(t, idempotent=idempotent)
 
         def after(http_response: Any, **_: Any) -> None:
             attempts.append(http_response.status_code)
@@ -234,7 +247,7 @@ def test_throttled_forced_deployment_applies_exactly_once(
         client.meta.events.register("after-call.ecs.UpdateService", after)
         return client
 
-    monkeypatch.setattr(recovery_tasks, "make_write_client", counting_client)
+    monkeypatch.setattr(aws, "ecs_write_client", counting_client)
 
     def started_events() -> int:
         events = described(sandbox, REGISTRY)["events"]
@@ -244,17 +257,21 @@ def test_throttled_forced_deployment_applies_exactly_once(
     before = described(sandbox, REGISTRY)["deployments"][0]["id"]
     sandbox.client.fault("aws-throttling")
 
-    forced: ActionResult = run(force_new_deployment.fn(target, REGISTRY, before))
-    assert forced.success and forced.data["applied"] is True, forced.entries[0].details
+    forced: ActionResult[DeploymentData] = run(
+        force_new_deployment.fn(target, REGISTRY, before, writers=writers(target))
+    )
+    assert forced.success and forced.data.applied is True, forced.entries[0].details
     assert attempts == [400, 200]  # throttled (refused), then applied: exactly one write
-    assert any("ThrottlingException" in a for a in forced.data["attempts"])
-    noticed(sandbox, REGISTRY, forced.data["deployment_id"])
+    assert any("ThrottlingException" in a for a in forced.data.attempts)
+    noticed(sandbox, REGISTRY, forced.data.deployment_id)
 
-    stable: ActionResult = run(wait_for_stabilization.fn(target, [REGISTRY], timeout_s=90))
+    stable: ActionResult[WaitData] = run(
+        wait_for_stabilization.fn(target, [REGISTRY], timeout_s=90)
+    )
     assert stable.success, stable.entries[0].details
     sandbox.client.heal("aws-throttling")
     assert started_events() - events_before == 1
-    assert described(sandbox, REGISTRY)["deployments"][0]["id"] == forced.data["deployment_id"]
+    assert described(sandbox, REGISTRY)["deployments"][0]["id"] == forced.data.deployment_id
 
 
 def test_stabilisation_times_out_cleanly_when_postgres_is_down(
@@ -262,7 +279,7 @@ def test_stabilisation_times_out_cleanly_when_postgres_is_down(
 ) -> None:
     healed.client.fault("postgres-down")
     started = time.monotonic()
-    result: ActionResult = run(
+    result: ActionResult[WaitData] = run(
         wait_for_stabilization.fn(target, [REGISTRY], timeout_s=3, consecutive=2)
     )
     elapsed = time.monotonic() - started
@@ -275,10 +292,10 @@ def test_stabilisation_times_out_cleanly_when_postgres_is_down(
 
 
 def test_wait_for_mlflow(healed: SandboxProcess, target: Target) -> None:
-    ok: ActionResult = run(wait_for_mlflow.fn(target, timeout_s=10))
-    assert ok.success and ok.data["elapsed_s"] < 5
+    ok: ActionResult[WaitData] = run(wait_for_mlflow.fn(target, timeout_s=10))
+    assert ok.success and ok.data.elapsed_s < 5
     healed.client.fault("mlflow-down")
-    down: ActionResult = run(wait_for_mlflow.fn(target, timeout_s=1.5))
+    down: ActionResult[WaitData] = run(wait_for_mlflow.fn(target, timeout_s=1.5))
     assert not down.success and "within 1.5 s" in down.entries[0].details
 
 
@@ -287,7 +304,7 @@ def test_wait_for_mlflow(healed: SandboxProcess, target: Target) -> None:
 
 async def apply(
     target: Target, cooldown_s: float = 0
-) -> tuple[Any, list[ActionResult], DiagnosticReport]:
+) -> tuple[Any, list[AnyActionResult], DiagnosticReport]:
     """What flows/recover.py does between approval and the artifacts, with its own parts."""
     report = await diagnose(target)
     history = await read_recovery_history(target)
@@ -302,11 +319,11 @@ HOST_LOAD = ("High cpu use", "High memory use", "slowly", "took")
 def assert_recovered(result: Any) -> None:
     """Recovered; on a loaded test machine the final diagnosis may still warn about the
     host's CPU (the replicas report system-wide usage): that is accepted, nothing else."""
-    if result.outcome == Outcome.PARTIALLY_RECOVERED:
+    if result.outcome == RecoveryOutcome.PARTIALLY_RECOVERED:
         remaining = result.final_critical_issues + result.final_warnings
         assert remaining and all(any(h in w for h in HOST_LOAD) for w in remaining), remaining
         return
-    assert result.outcome == Outcome.RECOVERED, result.recovery_log
+    assert result.outcome == RecoveryOutcome.RECOVERED, result.recovery_log
 
 
 def test_stuck_replica_end_to_end(
@@ -345,7 +362,8 @@ def test_mlflow_down_restarts_mlflow_first_then_resets(
 
 def test_execute_step_runs_steps_through_prefect_tasks(prefect_server: str, target: Target) -> None:
     step = RecoveryStep(number=7, kind=StepKind.CHECK_ALB_TARGETS, reason="look")
-    result: ActionResult = run(execute_step(step, target, target.api_key))
+    result = run(execute_step(step, ActionContext(target)))
     assert result.success and result.step == 7 and all(e.step == 7 for e in result.entries)
     with pytest.raises(ValueError):
-        run(execute_step(RecoveryStep(number=1, kind=StepKind.VERIFY, reason="v"), target, None))
+        verify = RecoveryStep(number=1, kind=StepKind.VERIFY, reason="v")
+        run(execute_step(verify, ActionContext(target)))

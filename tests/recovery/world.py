@@ -18,8 +18,9 @@ from service_health.assessment import (
     assess_mlflow,
     assess_rds,
     assess_redis,
-    build_report,
+    build_diagnostic_report,
 )
+from service_health.deploy_evidence import DeployObservations
 from service_health.models import DiagnosticReport
 from service_health.observations import (
     AwsObservation,
@@ -96,6 +97,8 @@ class World:
         self.services = [service("reg", 2), service("mlf", 1, 1)]
         self.ecs: AwsObservation | None = None  # overrides self.services (e.g. an error)
         self.rds: AwsObservation | None = b.rds("available")
+        # The stopped tasks read per service (why tasks die); None: not read.
+        self.deploys: dict[str, DeployObservations] | None = None
 
     # -- scenarios --
 
@@ -157,11 +160,11 @@ class World:
             "aws_infrastructure": assess_aws_infrastructure(
                 {
                     "alb": assess_alb(b.load_balancers(), self.groups, ["mlf-tg"]),
-                    "ecs": assess_ecs(ecs, ["reg", "mlf"], non_critical=["mlf"]),
+                    "ecs": assess_ecs(ecs, ["reg", "mlf"], ["mlf"], self.deploys, NOW),
                     "rds": assess_rds(self.rds),
                     "cloudwatch": assess_cloudwatch(None),
                 }
             ),
             "service_metrics": assess_metrics(e["/metrics"]),
         }
-        return build_report("prod", checks, NOW, 1.0)
+        return build_diagnostic_report("prod", checks, NOW, 1.0)

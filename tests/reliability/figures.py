@@ -1,6 +1,6 @@
-"""Figures of the reliability tests, rendered into docs/reliability.md at the end of a session.
+"""Figures and observations recorded by tests, kept only when the recording test passed.
 
-Any test (in this package or elsewhere) adds a figure with one call::
+Any test (in this package or elsewhere) adds a figure to docs/reliability.md with one call::
 
     from tests.reliability.figures import record
 
@@ -14,61 +14,86 @@ Any test (in this package or elsewhere) adds a figure with one call::
 - `section`: the heading the figure is listed under; by default derived from the calling
   module, e.g. ``tests/reliability/test_fault_matrix.py`` -> "Fault matrix".
 
-Storage: each call appends one JSON line (section, name, value, detail, test node id) to a
-file in the session's figures directory (``$HOKUSAI_FIGURES_DIR``, created on first use and
-inherited by subprocesses). At the end of the session ``tests/reliability/conftest.py``
-renders docs/reliability.md from every figure recorded by a test that did not fail, keeping
-the figures of sections and names that did not run this time (read back from the JSON block
-at the end of the document), so a partial run never erases the rest. The document has no
-timestamps or durations: the same results render the same bytes.
+`observe(doc, key, data)` records a structured observation for another document (the fault
+matrix's rows).
+
+How a figure reaches a document, by construction (`tests/reliability/figures_plugin.py`):
+
+1. During a session each call appends one JSON line, tagged with the running test's node id,
+   to the session's pending directory (``$HOKUSAI_FIGURES_DIR``, made by the plugin at the
+   session's start and inherited by subprocesses). Outside such a session nothing is kept.
+2. When the session ends, every test that ran has its entry in the store
+   (``build/figures/results.json``, or ``$HOKUSAI_FIGURES_BUILD``) replaced: by what it
+   recorded if setup, call and teardown all passed; by nothing otherwise (failed, skipped,
+   xfailed, interrupted). Tests that did not run keep their entries.
+3. `python -m tests.reliability.documents` renders docs/reliability.md and
+   docs/fault-matrix.md from the store (see that module). The session renders the same into
+   the build directory as a preview; no test writes a tracked file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ENV_DIR = "HOKUSAI_FIGURES_DIR"
-DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
-BUILD_DOC = Path(__file__).resolve().parents[2] / "build" / "reliability.md"
-_DATA_START = "<!-- figures-json"
-_DATA_END = "-->"
+ROOT = Path(__file__).resolve().parents[2]
+ENV_DIR = "HOKUSAI_FIGURES_DIR"  # the session's pending records (set by the plugin)
+ENV_BUILD = "HOKUSAI_FIGURES_BUILD"  # the store's directory (default build/figures)
+RELIABILITY, FAULT_MATRIX = "reliability", "fault-matrix"
 
 Value = int | float | str
 
 
 @dataclass(frozen=True)
-class Figure:
-    section: str
-    name: str
-    value: Value
-    detail: str = ""
-    test: str = ""  # pytest node id of the recording test ("" outside pytest)
+class Entry:
+    """One figure or observation: `key` is unique within its document."""
+
+    doc: str
+    key: str
+    data: dict[str, Any]
+    test: str = ""  # pytest node id of the recording test
 
     @property
-    def key(self) -> tuple[str, str]:
-        return self.section, self.name
+    def module(self) -> str:
+        return self.test.split("::", 1)[0]
 
 
-_created: list[Path] = []  # directories made here, removed by `discard` at the session's end
+@dataclass
+class Store:
+    """What the last run of each test left: its entries if it passed, none otherwise."""
+
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> passed, entries
+    collected: dict[str, list[str]] = field(default_factory=dict)  # module -> node ids
+
+    def ran(self) -> set[str]:
+        return set(self.tests)
+
+    def entries(self, doc: str | None = None) -> list[Entry]:
+        out = [Entry(**e) for t in self.tests.values() if t["passed"] for e in t["entries"]]
+        return [e for e in out if doc is None or e.doc == doc]
 
 
-def figures_dir() -> Path:
-    """This session's directory of figure files (created, and exported to subprocesses)."""
-    path = os.environ.get(ENV_DIR)
-    if not path:
-        path = tempfile.mkdtemp(prefix="hokusai-figures-")
-        os.environ[ENV_DIR] = path
-        _created.append(Path(path))
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+def _current_test() -> str:
+    # "tests/x.py::test_y[param] (call)" -> "tests/x.py::test_y[param]"
+    return os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+
+
+def _append(doc: str, key: str, data: dict[str, Any]) -> Entry:
+    entry = Entry(doc=doc, key=key, data=data, test=_current_test())
+    directory = os.environ.get(ENV_DIR)
+    if directory and entry.test and os.path.isdir(directory):
+        line = json.dumps(asdict(entry), sort_keys=True)
+        with open(os.path.join(directory, f"entries-{os.getpid()}.jsonl"), "a") as out:
+            out.write(line + "\n")
+    return entry
 
 
 def _section_of_caller() -> str:
@@ -77,130 +102,101 @@ def _section_of_caller() -> str:
     return module[:1].upper() + module[1:]
 
 
-def _current_test() -> str:
-    # "tests/x.py::test_y[param] (call)" -> "tests/x.py::test_y[param]"
-    return os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
-
-
-def record(name: str, value: Value, *, detail: str = "", section: str | None = None) -> Figure:
-    """Add one figure; see the module docstring."""
+def record(name: str, value: Value, *, detail: str = "", section: str | None = None) -> Entry:
+    """Add one figure to docs/reliability.md; see the module docstring."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TypeError(f"a figure is an int, float or str, not {type(value).__name__}")
-    figure = Figure(
-        section=section or _section_of_caller(),
-        name=name,
-        value=value,
-        detail=" ".join(detail.split()),
-        test=_current_test(),
-    )
-    line = json.dumps(asdict(figure), sort_keys=True)
-    with (figures_dir() / f"figures-{os.getpid()}.jsonl").open("a", encoding="utf-8") as out:
-        out.write(line + "\n")
-    return figure
+    section = section or _section_of_caller()
+    data = {"section": section, "name": name, "value": value, "detail": " ".join(detail.split())}
+    return _append(RELIABILITY, f"{section} / {name}", data)
 
 
-def discard() -> None:
-    """Forget this session's figures: remove the directory if it was made here."""
-    for path in _created:
-        shutil.rmtree(path, ignore_errors=True)
-    _created.clear()
-    os.environ.pop(ENV_DIR, None)
+def observe(doc: str, key: str, data: dict[str, Any]) -> Entry:
+    """Add one observation (JSON-serialisable `data`) to document `doc` under `key`."""
+    json.dumps(data)  # fail here, in the test, rather than at the session's end
+    return _append(doc, key, data)
 
 
-def recorded(directory: Path | None = None) -> list[Figure]:
-    """Every figure recorded in this session, in order (later duplicates win on render)."""
-    directory = directory or figures_dir()
-    out: list[Figure] = []
-    for path in sorted(directory.glob("figures-*.jsonl")):
+def pending(directory: Path) -> list[Entry]:
+    """The entries recorded in this session's pending directory, in order."""
+    out: list[Entry] = []
+    for path in sorted(directory.glob("entries-*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
-                out.append(Figure(**json.loads(line)))
+                out.append(Entry(**json.loads(line)))
     return out
 
 
-def previous(doc: Path = DOC) -> list[Figure]:
-    """The figures embedded in an earlier rendering of the document (none if unreadable)."""
+def build_dir() -> Path:
+    return Path(os.environ.get(ENV_BUILD) or ROOT / "build" / "figures")
+
+
+def store_path(directory: Path | None = None) -> Path:
+    return (directory or build_dir()) / "results.json"
+
+
+def read_store(directory: Path | None = None) -> Store:
     try:
-        text = doc.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    start = text.rfind(_DATA_START)
-    if start < 0:
-        return []
-    block = text[start + len(_DATA_START) :]
-    block = block[: block.find(_DATA_END)] if _DATA_END in block else block
-    try:
-        data: list[dict[str, Any]] = json.loads(block)
-        return [Figure(**item) for item in data]
-    except (ValueError, TypeError):
-        return []
+        data = json.loads(store_path(directory).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Store()
+    return Store(tests=data.get("tests", {}), collected=data.get("collected", {}))
 
 
-def merge(
-    old: list[Figure], new: list[Figure], passed: set[str], collected: set[str]
-) -> list[Figure]:
-    """Old figures overwritten (by section and name) by the new ones; order of first sight.
+@contextlib.contextmanager
+def updating_store(directory: Path | None = None) -> Iterator[Store]:
+    """The store, read and written back atomically under a lock (two sessions may end at once)."""
+    path = store_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        store = read_store(path.parent)
+        yield store
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results.")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(asdict(store), out, indent=1, sort_keys=True)
+        os.replace(tmp, path)
 
-    An old figure is dropped when its test passed this session without recording it again
-    (renamed), or when its test's module was collected and the test no longer exists."""
-    modules = {node.split("::", 1)[0] for node in collected}
 
-    def stale(figure: Figure) -> bool:
-        if figure.test in passed:
+def settle(
+    store: Store,
+    outcomes: dict[str, bool],
+    recorded: Iterable[Entry],
+    collected: Iterable[str],
+) -> None:
+    """Fold one session into the store: each test that ran (`outcomes`: passed or not) gets
+    what it recorded if it passed, nothing otherwise; entries of tests that did not run stay."""
+    by_test: dict[str, list[dict[str, Any]]] = {}
+    for entry in recorded:
+        by_test.setdefault(entry.test, []).append(asdict(entry))
+    for test, passed in outcomes.items():
+        store.tests[test] = {"passed": passed, "entries": by_test.get(test, []) if passed else []}
+    modules: dict[str, list[str]] = {}
+    for node in collected:
+        modules.setdefault(node.split("::", 1)[0], []).append(node)
+    for module, nodes in modules.items():
+        # A test renamed or removed since: what it recorded goes with it.
+        for test in [t for t in store.tests if t.split("::", 1)[0] == module]:
+            if test not in nodes:
+                del store.tests[test]
+    store.collected.update(modules)
+
+
+def merge(previous: Iterable[Entry], store: Store, doc: str) -> list[Entry]:
+    """The entries of `doc`: those of an earlier rendering, less every one whose test ran since
+    (passed or not) or no longer exists, updated with those of the tests that passed; each key
+    keeps its place."""
+
+    def stale(entry: Entry) -> bool:
+        if entry.test in store.tests:
             return True
-        return figure.test.split("::", 1)[0] in modules and figure.test not in collected
+        nodes = store.collected.get(entry.module)
+        return nodes is not None and entry.test not in nodes
 
-    merged: dict[tuple[str, str], Figure] = {}
-    for figure in [*(f for f in old if not stale(f)), *new]:
-        merged[figure.key] = figure
-    return list(merged.values())
-
-
-def _cell(value: Value | str) -> str:
-    text = f"{value:,}" if isinstance(value, int) else str(value)
-    return text.replace("|", "\\|")
-
-
-def render(figures: list[Figure]) -> str:
-    """The markdown document: one table per section, sections in alphabetical order."""
-    sections: dict[str, list[Figure]] = {}
-    for figure in figures:
-        sections.setdefault(figure.section, []).append(figure)
-    lines = [
-        "# Reliability and security figures",
-        "",
-        "Generated by the reliability tests (`uv run pytest tests/reliability`); do not edit by",
-        "hand. Each figure is recorded by the test named under it, and only when that test",
-        "passed. Add one from any test with",
-        '`tests.reliability.figures.record("name", value, detail="...")`.',
-        "",
-    ]
-    for section in sorted(sections):
-        lines += [f"## {section}", "", "| figure | value | what it covers |", "|---|---:|---|"]
-        for figure in sections[section]:
-            detail = figure.detail + (f" (`{figure.test}`)" if figure.test else "")
-            lines.append(f"| {_cell(figure.name)} | {_cell(figure.value)} | {_cell(detail)} |")
-        lines.append("")
-    data = json.dumps([asdict(f) for f in figures], indent=1, sort_keys=True)
-    lines += [_DATA_START, data, _DATA_END, ""]
-    return "\n".join(lines)
-
-
-def write_document(
-    new: list[Figure],
-    passed: set[str] | frozenset[str] = frozenset(),
-    collected: set[str] | frozenset[str] = frozenset(),
-    doc: Path = DOC,
-) -> bool:
-    """Merge `new` into the document (see `merge`); True when its content changed."""
-    text = render(merge(previous(doc), new, set(passed), set(collected)))
-    try:
-        if doc.read_text(encoding="utf-8") == text:
-            return False
-    except OSError:
-        pass
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(doc)
-    return True
+    merged: dict[str, Entry | None] = {}
+    for entry in previous:
+        if entry.doc == doc:
+            merged[entry.key] = None if stale(entry) else entry
+    for entry in store.entries(doc):
+        merged[entry.key] = entry
+    return [e for e in merged.values() if e is not None]

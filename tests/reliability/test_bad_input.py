@@ -44,7 +44,7 @@ from service_health.parsing import (
     parse_mlflow_search,
     parse_ready,
 )
-from service_health.recovery import parse_time, read_rollouts
+from service_health.recovery import parse_time
 from service_health.redaction import Redactor, redact_url
 from service_health.settings import ConfigError, EnvSettings, load_targets, resolve_target
 from service_health.views import EndpointView
@@ -499,13 +499,14 @@ def _aws_answer(response: dict[str, Any] | None, names: list[str], tick: Any) ->
     read_target_health(response).model_dump_json()
     for entry in read_load_balancers(response, problems):
         entry.model_dump_json()
-    read_ecs_services(response).model_dump_json()
+    ecs = read_ecs_services(response)
+    ecs.model_dump_json()
     for db in read_db_instances(response, problems):
         db.model_dump_json()
     for alarm in read_alarms(response, problems):
         alarm.model_dump_json()
-    for rollout in read_rollouts(response, names):
-        rollout.describe()
+    for service in ecs.for_names(names):
+        service.describe()
     for problem in problems:
         assert_clear(problem)
     results = [

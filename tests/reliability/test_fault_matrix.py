@@ -4,18 +4,16 @@ dry-run recovery and a real recovery, with every AWS call and HTTP request recor
 Asserted per row: the verdict and the checks that carry findings; the plan; the outcome;
 that diagnosis and the dry run make no mutating call at all (nothing but Describe/List/Get
 and GET); and that the real recovery makes exactly the mutating calls its plan names.
-docs/fault-matrix.md is rendered from MATRIX and compared with the committed file, so the
-documentation cannot drift from what is tested (HOKUSAI_WRITE_DOCS=1 rewrites it).
+Each passing row records what it observed (figures.observe); docs/fault-matrix.md is rendered
+from those observations (`uv run python -m tests.reliability.documents`), not from MATRIX.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,15 +21,17 @@ import pytest
 
 from sandbox.client import SandboxProcess
 from sandbox.statefiles import env_lines
+from service_health.deploy_evidence import revision_label
+from service_health.details import EcsFacts
+from service_health.models import DiagnosticReport
 from service_health.recovery import RecoveryPlan, StepKind
 from tests.flows.test_diagnose_flow import diagnose
-from tests.flows.test_recover_flow import recover
+from tests.flows.test_recover_flow import deployments_started, recover
 from tests.helpers import wait_for
-from tests.reliability.calls import Calls, recording
-from tests.reliability.figures import record
+from tests.reliability.calls import Calls, disagreements, recording
+from tests.reliability.figures import FAULT_MATRIX, observe, record
+from tests.sandbox.test_bad_deploy import ROLLOUT_S, assert_rolled_back_to, primary, tasks
 
-ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "fault-matrix.md"
 REGISTRY, MLFLOW = "hokusai-registry", "hokusai-mlflow"
 
 
@@ -56,6 +56,8 @@ class Row:
     settle_s: float = 60.0  # stabilisation wait of the real recovery
     flavor: str = "contract"  # the registry stand-in: the contract, or the deployed version
     onset: bool = False  # diagnosed at once, before the fault has shown everywhere
+    env: tuple[tuple[str, str], ...] = ()  # the target's settings for the row
+    deadline_s: float = 10.0  # the first diagnosis's deadline
 
     @property
     def id(self) -> str:
@@ -94,6 +96,10 @@ RESTART_MLFLOW_THEN_RESET = (
 RESET = ("reset_breaker", "wait_for_stabilization", "verify")
 ONSET_PLAN = ("force_deployment:hokusai-mlflow", "wait_for_mlflow", "wait_for_stabilization",
               "check_alb_targets", "verify")  # fmt: skip
+ROLL_BACK_REGISTRY = ("rollback:hokusai-registry", "wait_for_stabilization", "check_alb_targets",
+                      "verify")  # fmt: skip
+# The matrix applies without an operator: these rows' target allows automatic rollback.
+AUTO_ROLLBACK = (("ALLOW_AUTOMATIC_ROLLBACK", "true"),)
 # Not healthy, not recoverable by a restart: the fault is outside what a recovery touches.
 STAYS = 10.0
 
@@ -133,8 +139,20 @@ MATRIX: list[Row] = [
         RESTART_REGISTRY, "Recovered", "the ALB has no healthy target: a new deployment"),
     Row((F("ecs-rollout-stalled"),), "healthy", (), (), "Already healthy",
         "a latent bad deploy changes nothing while the current tasks serve"),
+    Row((F("bad-deploy", mode="crash"),), "degraded", ("aws_infrastructure",),
+        ROLL_BACK_REGISTRY, "Recovered",
+        "a release whose tasks exit at start: its rollout FAILED, the previous revision serves; "
+        "rolled back to it once (the target allows automatic rollback), never redeployed",
+        120.0, env=AUTO_ROLLBACK),
+    Row((F("bad-deploy", mode="unhealthy"),), "degraded", ("aws_infrastructure",),
+        ROLL_BACK_REGISTRY, "Recovered",
+        "a release whose tasks fail the ALB health checks: rolled back to the previous "
+        "revision once, never redeployed", 120.0, env=AUTO_ROLLBACK),
+    # Throttled AWS reads back off by design: the production deadline (30 s), not the
+    # 10 s the other rows use to keep the suite fast.
     Row((F("aws-throttling"),), "healthy", (), (), "Already healthy",
-        "AWS throttling is ridden out by adaptive retries, not reported as an outage"),
+        "AWS throttling is ridden out by adaptive retries, not reported as an outage",
+        deadline_s=30.0),
     Row((F("latency", ms=300, component="registry"),), "healthy", (), (), "Already healthy",
         "300 ms more per registry answer is within the thresholds"),
     Row((F("mlflow-down"), F("redis-down")), "degraded", ("mlflow_service", "redis"),
@@ -168,28 +186,31 @@ MATRIX: list[Row] = [
 def plan_steps(plan: RecoveryPlan) -> tuple[str, ...]:
     return tuple(
         f"{s.kind.value}:{s.service}"
-        if s.service and s.kind in (StepKind.FORCE_DEPLOYMENT, StepKind.WAIT_FOR_ROLLOUT)
+        if s.service
+        and s.kind in (StepKind.FORCE_DEPLOYMENT, StepKind.ROLLBACK, StepKind.WAIT_FOR_ROLLOUT)
         else s.kind.value
         for s in plan.steps
     )
 
 
-def planned_mutations(plan: RecoveryPlan) -> Counter[str]:
-    """The mutating calls the plan names: per forced deployment an UpdateService (and the
-    TagResource recording when), per reset one POST per replica (or one via the API URL)."""
+def planned_mutations(plan: RecoveryPlan, api_host: str) -> Counter[str]:
+    """The mutating calls the plan names, where it names them: per forced deployment or
+    rollback an UpdateService and a TagResource of that service, per reset one POST to each replica
+    named (or one to the API URL's host `api_host`)."""
     out: Counter[str] = Counter()
     for step in plan.steps:
-        if step.kind == StepKind.FORCE_DEPLOYMENT:
-            out.update([f"ecs:UpdateService({step.service})", "ecs:TagResource"])
+        if step.kind in (StepKind.FORCE_DEPLOYMENT, StepKind.ROLLBACK):
+            out.update([f"ecs:UpdateService({step.service})", f"ecs:TagResource({step.service})"])
         elif step.kind == StepKind.RESET_BREAKER:
-            out["POST /health/mlflow/reset"] += len(step.replicas or [None])
+            for host in step.replicas if step.replicas is not None else [api_host]:
+                out[f"POST {host}/health/mlflow/reset"] += 1
     return out
 
 
 def mutations(calls: Calls) -> Counter[str]:
-    """Mutations without hosts: `ecs:UpdateService`, `POST /health/mlflow/reset`."""
+    """Mutations with where they went: `ecs:UpdateService(svc)`, `POST host:port/path`."""
     out = Counter(f"{s}:{op}" for s, op in calls.mutating_aws())
-    out.update(f"{m} {httpx.URL(u).path}" for m, u in calls.mutating_http())
+    out.update(f"{r.method} {r.host}{httpx.URL(r.url).path}" for r in calls.mutating_http())
     return out
 
 
@@ -206,8 +227,20 @@ def breakers_open(sandbox: SandboxProcess) -> bool:
     return set(sandbox.client.breaker_states().values()) == {"OPEN"}
 
 
+def release_failed(sandbox: SandboxProcess) -> bool:
+    """The bad release's rollout FAILED and only an earlier revision's tasks run."""
+    running = {t["taskDefinitionArn"] for t in tasks(sandbox)}
+    release = primary(sandbox)
+    return (
+        release["rolloutState"] == "FAILED"
+        and bool(running)
+        and release["taskDefinition"] not in running
+    )
+
+
 # What to await after injecting a fault, so that the diagnosis and the plans are decided.
 SETTLED: dict[str, Callable[[SandboxProcess], bool]] = {
+    "bad-deploy": release_failed,
     "ecs-tasks-crashed": lambda sb: any(r["health"] == "unhealthy" for r in _registry(sb)),
     "alb-targets-unhealthy": lambda sb: all(r["health"] == "unhealthy" for r in _registry(sb)),
     "mlflow-down": breakers_open,
@@ -224,41 +257,8 @@ def inject(sandbox: SandboxProcess, row: Row) -> None:
     for fault in row.faults:
         settled = SETTLED.get(fault.name)
         if settled is not None:
-            wait_for(partial(settled, sandbox), 60, f"{fault} to show")
-
-
-def render(matrix: list[Row]) -> str:
-    lines = [
-        "# Fault matrix",
-        "",
-        "Generated from `MATRIX` in `tests/reliability/test_fault_matrix.py`, which runs every",
-        "row against the sandbox: the fault(s) are injected, then a diagnosis, a dry-run",
-        "recovery and a real recovery run, with every AWS call and HTTP request recorded.",
-        "For every row the diagnosis and the dry run made no mutating call (only",
-        "Describe/List/Get and GET, and MLflow's read-only search POST), and the real recovery",
-        "made only the mutating calls its plan names (an `UpdateService` and a `TagResource`",
-        "per forced deployment, one reset `POST` per replica). Regenerate with",
-        "`HOKUSAI_WRITE_DOCS=1 uv run pytest tests/reliability/test_fault_matrix.py -k document`.",
-        "",
-        "| fault(s) | verdict | checks with findings | plan | recovery outcome | why |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in matrix:
-        faults = row.label
-        findings = ", ".join(row.findings) or "none"
-        plan = " → ".join(row.plan) or "nothing to do"
-        lines.append(
-            f"| {faults} | {row.verdict} | {findings} | {plan} | {row.outcome} | {row.why} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def test_document_matches_the_matrix() -> None:
-    text = render(MATRIX)
-    if os.environ.get("HOKUSAI_WRITE_DOCS"):
-        DOC.parent.mkdir(exist_ok=True)
-        DOC.write_text(text)
-    assert DOC.read_text() == text, "docs/fault-matrix.md is stale: regenerate it (see the doc)"
+            timeout = ROLLOUT_S if fault.name == "bad-deploy" else 60
+            wait_for(partial(settled, sandbox), timeout, f"{fault} to show")
 
 
 @pytest.fixture
@@ -270,7 +270,7 @@ def flavored(
     name = "legacy_sandbox" if row.flavor == "legacy" else "sandbox"
     sandbox: SandboxProcess = request.getfixturevalue(name)
     wait_for(sandbox.client.converged, 90, "sandbox to converge")
-    for key, value in env_lines(sandbox.info).items():
+    for key, value in (*env_lines(sandbox.info).items(), *row.env):
         monkeypatch.setenv(key, value)
     yield sandbox
     sandbox.client.heal()
@@ -289,34 +289,81 @@ def test_fault_through_diagnosis_and_recovery(
     # The harness's own requests: the Prefect API and the sandbox's control port.
     ignored = (prefect_server.removesuffix("/api"), healed.info["control_url"])
     inject(healed, row)
-    with recording(monkeypatch, ignored) as diagnosis_calls:
-        _, report = diagnose(deadline_seconds=10)
-    with recording(monkeypatch, ignored) as dry_calls:
-        dry_state, dry = recover(dry_run=True)
-    with recording(monkeypatch, ignored) as real_calls:
-        state, result = recover(dry_run=False, stabilization_timeout_seconds=row.settle_s)
+    started = {s: deployments_started(healed, s) for s in (REGISTRY, MLFLOW)}
+    api_url = httpx.URL(healed.info["api_url"])
+    api_host = f"{api_url.host}:{api_url.port}"
+
+    def recorded(run: Callable[[], Any]) -> tuple[Any, Calls]:
+        """`run` recorded, then cross-checked with the replicas' own request counts."""
+        healed.client.reset_request_counts()
+        with recording(monkeypatch, ignored) as calls:
+            out = run()
+        assert not disagreements(calls, healed.client.request_counts(), api_host)
+        return out, calls
+
+    (_, report), diagnosis_calls = recorded(partial(diagnose, deadline_seconds=row.deadline_s))
+    (dry_state, dry), dry_calls = recorded(partial(recover, dry_run=True))
+    (state, result), real_calls = recorded(
+        partial(recover, dry_run=False, stabilization_timeout_seconds=row.settle_s)
+    )
 
     assert report.overall_status.value == row.verdict, (report.critical_issues, report.warnings)
     for check in row.findings:
         assert report.checks[check].status.value != "healthy", report.checks[check]
         assert report.checks[check].findings, report.checks[check]
-    assert diagnosis_calls.aws and diagnosis_calls.http  # the recorder saw the diagnosis
+    # The recorder saw the reads of both (AWS and HTTP): a silent recorder proves nothing.
+    assert all(diagnosis_calls.reads()) and all(dry_calls.reads())
     assert not mutations(diagnosis_calls)
     assert not mutations(dry_calls)
     assert dry_state.name == ("Already healthy" if row.verdict == "healthy" else "Planned")
     assert plan_steps(dry.plan) == row.plan
     assert plan_steps(result.plan) == row.plan
     assert state.name == row.outcome, result.message
-    made, named = mutations(real_calls), planned_mutations(result.plan)
+    made, named = mutations(real_calls), planned_mutations(result.plan, api_host)
     assert not made - named, f"mutations the plan does not name: {made - named}"
     if row.outcome == "Recovered":
         assert made == named  # everything planned was carried out
+    for step in result.plan.of_kind(StepKind.ROLLBACK):
+        assert_rolled_back(healed, report, step.service or "", step.revision, started)
     total = sum(made.values())
     record(
         row.id,
         f"0 / 0 / {total}",
         detail=f"mutating calls in diagnosis / dry run / recovery ({row.outcome}); "
         f"{len(diagnosis_calls.aws)} AWS calls and {len(diagnosis_calls.http)} HTTP "
-        "requests in the diagnosis",
+        "requests in the diagnosis, cross-checked with the replicas' own request counts",
         section="No accidental mutation",
     )
+    observe(FAULT_MATRIX, row.id, {
+        "order": MATRIX.index(row), "label": row.label, "why": row.why,
+        "verdict": report.overall_status.value,
+        "findings": [name for name, c in report.checks.items()
+                     if c.status.value != "healthy" and c.findings],
+        "plan": plan_steps(result.plan), "outcome": state.name,
+        "mutations": [sum(mutations(c).values()) for c in (diagnosis_calls, dry_calls, real_calls)],
+    })  # fmt: skip
+
+
+def assert_rolled_back(
+    sandbox: SandboxProcess,
+    report: DiagnosticReport,
+    service: str,
+    revision: str | None,
+    started: dict[str, int],
+) -> None:
+    """The diagnosis named the failing revision and why its tasks stopped; the rollback went
+    to the last revision that completed a deployment; one new deployment (the rollback's),
+    so the failing revision was never deployed again; the service converged on it."""
+    ecs = report.checks["aws_infrastructure"].components["ecs"]
+    assert isinstance(ecs.facts, EcsFacts)
+    facts = ecs.facts.deploys[service]
+    said = " ".join(report.warnings + report.critical_issues)
+    assert f"revision {facts.failing_revision} " in said and "is failing" in said, said
+    stopped = [c.reason for r in facts.stopped if r.revision == facts.failing_revision
+               for c in r.causes]  # fmt: skip
+    assert stopped and all(reason in said for reason in stopped[:1]), (stopped, said)
+    assert revision == facts.last_completed_revision != facts.failing_revision
+    assert deployments_started(sandbox, service) == started[service] + 1
+    assert facts.last_completed_task_definition is not None
+    assert revision_label(facts.last_completed_task_definition) == revision
+    assert_rolled_back_to(sandbox, facts.last_completed_task_definition)

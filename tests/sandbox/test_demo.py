@@ -53,10 +53,14 @@ def _marked(marker: str) -> list[str]:
 
 
 def _new_children(before: set[int]) -> list[str]:
+    """Processes started since `before` and still alive, except those an earlier one
+    started (the session's servers: PostgreSQL forks a backend for each new connection)."""
     found = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            if proc.pid not in before and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.pid in before or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if not any(parent.pid in before for parent in proc.parents()):
                 found.append(f"{proc.pid} {' '.join(proc.cmdline())}")
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import WaiterError
+from moto.ecs.models import EC2ContainerServiceBackend
 from moto.elbv2.models import FakeTargetGroup
 
+from sandbox import moto_bridge
 from sandbox.aws import AwsSandbox, Seeded, Topology
-from sandbox.moto_bridge import DeploymentState, MotoBridge
+from sandbox.moto_bridge import DeploymentState, MotoBridge, TaskStop
 
 CLUSTER = Topology().cluster
 FAST_WAIT = {"Delay": 0.05, "MaxAttempts": 3}
@@ -283,6 +285,115 @@ def test_service_can_be_named_by_arn(bridge: MotoBridge, ecs: Any, service: str)
     assert bridge.desired_count(CLUSTER, arn) == 2
 
 
+def test_failed_tasks_show_through_describe_services(
+    bridge: MotoBridge, ecs: Any, service: str
+) -> None:
+    dep_id = bridge.primary_deployment_id(CLUSTER, service)
+    td = _describe(ecs, service)["taskDefinition"]
+    failed = _deployment(dep_id, "PRIMARY", "FAILED", 2, 0, 0, td)
+    failed.failed_tasks = 3
+    failed.rollout_state_reason = "ECS deployment circuit breaker: tasks failed to start."
+    bridge.set_service_state(CLUSTER, service, 0, 0, [failed])
+    (got,) = _describe(ecs, service)["deployments"]
+    assert (got["rolloutState"], got["failedTasks"]) == ("FAILED", 3)
+    assert got["rolloutStateReason"] == failed.rollout_state_reason
+
+
+def test_primary_task_definition_and_its_environment(
+    bridge: MotoBridge, ecs: Any, service: str, seeded: Seeded
+) -> None:
+    seeded_td = seeded.task_definition_arns["hokusai-registry"]
+    assert bridge.primary_task_definition(CLUSTER, service) == seeded_td
+    assert bridge.container_environment(seeded_td) == {}
+    spec = ecs.describe_task_definition(taskDefinition=seeded_td)["taskDefinition"]
+    container = {
+        **spec["containerDefinitions"][0],
+        "environment": [{"name": "MODE", "value": "crash"}, {"name": "EMPTY", "value": ""}],
+    }
+    new_td = ecs.register_task_definition(
+        family="hokusai-registry",
+        containerDefinitions=[container],
+        networkMode=spec["networkMode"],
+        requiresCompatibilities=spec["requiresCompatibilities"],
+        cpu=spec["cpu"],
+        memory=spec["memory"],
+    )["taskDefinition"]["taskDefinitionArn"]
+    ecs.update_service(cluster=CLUSTER, service=service, taskDefinition=new_td)
+    assert bridge.primary_task_definition(CLUSTER, service) == new_td
+    assert bridge.container_environment(new_td) == {"MODE": "crash", "EMPTY": ""}
+
+
+def _task_arns(ecs: Any, service: str, **params: Any) -> list[str]:
+    arns: list[str] = ecs.list_tasks(cluster=CLUSTER, serviceName=service, **params)["taskArns"]
+    return arns
+
+
+def test_tasks_show_through_list_and_describe_tasks(
+    bridge: MotoBridge, ecs: Any, service: str, seeded: Seeded
+) -> None:
+    td = seeded.task_definition_arns["hokusai-registry"]
+    task_id = uuid.uuid4().hex
+    arn = bridge.start_task(CLUSTER, service, task_id, td, "ecs-svc/77", "127.0.9.9")
+    assert arn.endswith(f"/{task_id}")
+
+    # listed for its own service only; with no desired status asked, RUNNING ones (as ECS)
+    assert _task_arns(ecs, service) == [arn]
+    assert _task_arns(ecs, service, desiredStatus="RUNNING") == [arn]
+    assert _task_arns(ecs, service, desiredStatus="STOPPED") == []
+    assert arn not in ecs.list_tasks(cluster=CLUSTER, serviceName="hokusai-mlflow")["taskArns"]
+    for _ in range(3):  # moto's own state manager would walk it towards STOPPED
+        (task,) = ecs.describe_tasks(cluster=CLUSTER, tasks=[arn])["tasks"]
+        assert task["lastStatus"] == "RUNNING"
+    assert (task["taskDefinitionArn"], task["startedBy"]) == (td, "ecs-svc/77")
+    assert task["group"] == f"service:{service}"
+    assert task["attachments"][0]["details"] == [
+        {"name": "privateIPv4Address", "value": "127.0.9.9"}
+    ]
+    (container,) = task["containers"]
+    assert container["lastStatus"] == "RUNNING" and "exitCode" not in container
+
+    bridge.stop_task(
+        CLUSTER,
+        task_id,
+        TaskStop("EssentialContainerExited", "Essential container in task exited", 1, "boom"),
+    )
+    assert _task_arns(ecs, service) == []
+    assert _task_arns(ecs, service, desiredStatus="STOPPED") == [arn]
+    (task,) = ecs.describe_tasks(cluster=CLUSTER, tasks=[arn])["tasks"]
+    assert (task["lastStatus"], task["desiredStatus"]) == ("STOPPED", "STOPPED")
+    assert (task["stopCode"], task["stoppedReason"]) == (
+        "EssentialContainerExited",
+        "Essential container in task exited",
+    )
+    assert task["createdAt"] <= task["startedAt"] <= task["stoppingAt"] <= task["stoppedAt"]
+    (container,) = task["containers"]
+    assert (container["lastStatus"], container["exitCode"], container["reason"]) == (
+        "STOPPED",
+        1,
+        "boom",
+    )
+    with pytest.raises(LookupError):
+        bridge.stop_task(CLUSTER, uuid.uuid4().hex, TaskStop("UserInitiated", "stop", None))
+
+
+def test_only_the_latest_stopped_tasks_are_kept(
+    bridge: MotoBridge,
+    ecs: Any,
+    service: str,
+    seeded: Seeded,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(moto_bridge, "MAX_STOPPED_TASKS", 2)
+    td = seeded.task_definition_arns["hokusai-registry"]
+    arns = []
+    for _ in range(3):
+        task_id = uuid.uuid4().hex
+        arns.append(bridge.start_task(CLUSTER, service, task_id, td, "ecs-svc/1", "127.0.9.8"))
+        bridge.stop_task(CLUSTER, task_id, TaskStop("UserInitiated", "Task stopped", 0))
+    # the newest first, so that one page shows the tasks that stopped last
+    assert _task_arns(ecs, service, desiredStatus="STOPPED") == arns[:0:-1]
+
+
 # -- ALB target health ------------------------------------------------------------
 
 
@@ -364,6 +475,9 @@ def test_target_health_rejects_unknown_state_and_target_group(
 
 def test_patches_are_installed_once(aws: AwsSandbox, bridge: MotoBridge) -> None:
     wrapped = FakeTargetGroup.health_for
+    listing = EC2ContainerServiceBackend.list_tasks
     MotoBridge(aws.region)
     assert FakeTargetGroup.health_for is wrapped
+    assert EC2ContainerServiceBackend.list_tasks is listing
     assert getattr(wrapped, "_sandbox_override", False)
+    assert getattr(listing, "_sandbox_override", False)

@@ -29,9 +29,11 @@ from sandbox.client import SandboxProcess
 from sandbox.ports import free_port, wait_for_port
 from sandbox.processes import die_with_parent, stop_group
 from sandbox.statefiles import env_lines
+from service_health.details import BreakerFacts
 from service_health.models import DiagnosticReport, Finding
 from service_health.recovery import RecoveryResult
 from tests.conftest import _require_binaries
+from tests.domain.helpers import facts
 from tests.domain.test_mlflow_refusals import AUTH_MSG, HOST_MSG
 from tests.flows.test_diagnose_flow import diagnose
 from tests.helpers import breaker_open_everywhere, wait_for
@@ -202,7 +204,7 @@ def test_real_server_behind_its_load_balancer_is_healthy(real: SandboxProcess) -
     state, report = diagnose()
     assert state.name == "Healthy", report.warnings
     assert report.checks["mlflow_service"].status.value == "healthy"
-    assert report.checks["circuit_breaker"].details["state"] == "CLOSED"
+    assert facts(report.checks["circuit_breaker"], BreakerFacts).state == "CLOSED"
 
 
 def test_load_balancer_faults_apply_to_the_real_server(real: SandboxProcess) -> None:
@@ -332,7 +334,7 @@ def test_killed_mlflow_degrades_then_recovery_restarts_it_and_closes_breakers(
     assert state.name == "Degraded", report.critical_issues
     assert not report.critical_issues
     assert report.checks["circuit_breaker"].status.value == "degraded"
-    assert report.checks["circuit_breaker"].details["state"] == "OPEN"
+    assert facts(report.checks["circuit_breaker"], BreakerFacts).state == "OPEN"
     assert report.checks["mlflow_service"].status.value == "unhealthy"
     assert "mlflow_refusal" not in report.checks["mlflow_service"].details  # down, not refusing
 

@@ -155,7 +155,9 @@ def make_registry(
             "MLFLOW_CB_SUCCESS_THRESHOLD": "2",
             "MLFLOW_CB_MAX_RECOVERY_ATTEMPTS": "2",
             "MLFLOW_TIMEOUT_SECONDS": "1",
-            "DEPENDENCY_TIMEOUT_SECONDS": "2",
+            # The stopped databases these tests use refuse at once; a running one slowed by a
+            # busy machine must not read as down.
+            "DEPENDENCY_TIMEOUT_SECONDS": "10",
             "REPLICA_ID": "r1",
             **overrides,
         }

@@ -216,6 +216,36 @@ def test_postgres_and_redis_down(healed: SandboxProcess) -> None:
     assert resp.status_code == 200 and resp.json()["services"]["redis"] == "unhealthy"
 
 
+def test_redis_asks_for_the_password_redis_url_carries(sandbox: SandboxProcess) -> None:
+    """The sandbox's Redis has a password: REDIS_URL carries it (a secret, as in production),
+    a client without it is refused, and the diagnosis's Redis probe passes with it."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    import redis
+
+    from service_health.redaction import Redactor
+    from tasks.datastores import probe_redis
+
+    url = sandbox.info["redis_url"]
+    parts = urlsplit(url)
+    assert parts.password and len(parts.password) >= 16, "REDIS_URL carries no password"
+    without = redis.Redis(host=parts.hostname, port=parts.port, socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        without.ping()
+    without.close()
+    wrong = url.replace(parts.password, "not-the-password")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(wrong, socket_timeout=5).ping()
+    redactor = Redactor([url, parts.password])
+    observed = asyncio.run(probe_redis(url, 5.0, redactor))
+    assert observed.error is None and observed.ping_ms is not None, observed
+    refused = asyncio.run(probe_redis(wrong, 5.0, redactor))
+    assert refused.error is not None and "not-the-password" not in refused.error, refused
+    # The registry's own /health reaches Redis through the same URL.
+    assert get(sandbox, "/health").json()["services"]["redis"] == "healthy"
+
+
 def test_aws_throttling_is_retried_by_botocore(healed: SandboxProcess) -> None:
     sandbox = healed
     sandbox.client.fault("aws-throttling")
