@@ -55,10 +55,12 @@ class SandboxClient:
 
     def converged(self) -> bool:
         """Every ECS service settled on one completed deployment with all replicas running
-        and healthy, PostgreSQL and Redis up: the sandbox's own view of healthy."""
+        and healthy, PostgreSQL and Redis up, as health checks begun after the last fault
+        or heal found it: the sandbox's own view of healthy."""
         status = self.status()
         return (
-            all(
+            status["settled"]
+            and all(
                 len(s["deployments"]) == 1
                 and s["deployments"][0]["rollout_state"] == "COMPLETED"
                 and s["running"] == s["desired"]

@@ -111,6 +111,7 @@ class Replica:
     ever_healthy: bool = False
     recorded: bool = False  # moto has a task record for the current process
     stopped: bool = False  # ...and it is marked STOPPED
+    terminating: bool = False  # sent SIGTERM: still exiting, no longer a serving task
 
     @property
     def alive(self) -> bool:
@@ -169,6 +170,10 @@ class EcsSimulation:
             "elbv2", config=Config(retries={"mode": "standard", "max_attempts": 10})
         )
         self._loop_task: asyncio.Task[None] | None = None
+        # Health-check rounds begun and ended: a change is seen by the first round begun
+        # after it (one in flight may still count a probe sent before it).
+        self.ticks_started = 0
+        self.ticks_ended = 0
         self._published: dict[tuple[str, str, int], str] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -305,12 +310,14 @@ class EcsSimulation:
 
     async def _run(self) -> None:
         while True:
+            self.ticks_started += 1
             try:
                 await self._tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("ECS simulation tick failed")
+            self.ticks_ended = self.ticks_started
             await asyncio.sleep(PROBE_INTERVAL_S)
 
     async def _tick(self) -> None:
@@ -531,7 +538,7 @@ class EcsSimulation:
         if r.recorded:  # a dead task started again: ECS would start a new task
             r.task_id = uuid.uuid4().hex
         r.health, r.ok_streak, r.fail_streak = "initial", 0, 0
-        r.forced_unhealthy = False
+        r.forced_unhealthy = r.terminating = False
         r.stalled = svc.stall_new
         r.answered = r.ever_healthy = r.recorded = r.stopped = False
         logfile = (self.log_dir / f"{svc.spec.name}-{r.task_id[:8]}.log").open("ab")
@@ -581,6 +588,7 @@ class EcsSimulation:
     async def _terminate(self, r: Replica) -> None:
         if r.proc is None or r.proc.returncode is not None:
             return
+        r.terminating = True
         with contextlib.suppress(ProcessLookupError):
             r.proc.send_signal(signal.SIGTERM)
         try:

@@ -99,6 +99,8 @@ class Sandbox:
             ]
         )
         self.faults: dict[str, _Fault] = {}
+        # The health-check round in flight at the last fault, heal or breaker change.
+        self._changed_at_tick = 0
         self._servers: list[tuple[_EmbeddedServer, asyncio.Task[None]]] = []
         self._http = httpx.AsyncClient(timeout=5.0)
 
@@ -242,6 +244,9 @@ class Sandbox:
             "services": self.ecs.describe(),
             "postgres": "up" if self.postgres.running else "down",
             "redis": "up" if self.redis.running else "down",
+            # The health checks have seen the last change (one round begun after it ended):
+            # until then a replica's health may still move on a probe sent before it.
+            "settled": self.ecs.ticks_ended > self._changed_at_tick,
             "aws_throttling": self.aws.throttling,
             "load_balancers": {
                 lb.name: {"requests": lb.stats.requests, "5xx": lb.stats.status_5xx}
@@ -300,6 +305,7 @@ class Sandbox:
             params = await asyncio.to_thread(self._release_bad_revision, mode)
         key = f"latency:{component}" if name == "latency" else name
         self.faults[key] = _Fault(name, params)
+        self._changed_at_tick = self.ecs.ticks_started
         return {"fault": name, **params}
 
     async def heal(self, name: str | None = None) -> list[str]:
@@ -315,6 +321,7 @@ class Sandbox:
             # Healing everything also closes breakers that opened as a consequence.
             for r in self._registry_replicas(None):
                 await self._reset_breaker(r.address)
+        self._changed_at_tick = self.ecs.ticks_started
         return healed
 
     async def _heal_one(self, fault: _Fault) -> None:
@@ -415,7 +422,8 @@ class Sandbox:
         return {"component": component, "ms": ms}
 
     def _registry_replicas(self, index: int | None) -> list[Any]:
-        alive = [r for r in self.ecs.replicas(REGISTRY) if r.alive]
+        # Serving tasks: one being stopped (a finished rollout drains it) takes no fault.
+        alive = [r for r in self.ecs.replicas(REGISTRY) if r.alive and not r.terminating]
         if index is None:
             return alive
         if not 0 <= index < len(alive):
@@ -507,4 +515,5 @@ class Sandbox:
         targets = self._registry_replicas(replica)
         for r in targets:
             await self._admin(r.address, "POST", "/breaker/state", {"state": state})
+        self._changed_at_tick = self.ecs.ticks_started
         return [r.address for r in targets]

@@ -308,3 +308,18 @@ def test_sigterm_leaves_no_process_behind(tmp_path: Any) -> None:
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], f"orphans: {[p.cmdline() for p in alive]}"
     assert not (tmp_path / "sb" / "sandbox.json").exists()
+
+
+def test_converged_waits_for_a_health_check_round_begun_after_the_heal(
+    healed: SandboxProcess,
+) -> None:
+    sandbox = healed
+    wait_for(lambda: converged(sandbox), 30, "converged before")
+    sandbox.client.fault("registry-hung")
+    sandbox.client.heal("registry-hung")
+    # Right after a change no round begun after it has ended: not converged, whatever
+    # the replicas' health still reads.
+    assert sandbox.client.status()["settled"] is False
+    assert not converged(sandbox)
+    wait_for(lambda: converged(sandbox), 30, "converged after the heal")
+    assert sandbox.client.status()["settled"] is True
