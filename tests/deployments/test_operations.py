@@ -113,15 +113,18 @@ def runs_of(deployment: str) -> list[Any]:
 
 
 @pytest.fixture(autouse=True)
-def automation_enabled(prefect_server: str) -> None:
+def automation_enabled(prefect_server: str, sandbox: SandboxProcess) -> None:
     """Automatic remediation as an operator leaves it after re-enabling it: earlier tests on
-    the session's server (in whatever order they ran) may have spent this target's budget
-    or tripped its flap guard, which these tests are not about (tests/flows/
-    test_standdown_flow.py is)."""
+    the session's server and sandbox (in whatever order they ran) may have spent this
+    target's budget, tripped its flap guard or restarted the registry within the
+    automation's 10-minute cooldown (its plan would then hold no restart, and nothing to
+    approve), which these tests are not about (tests/flows/test_standdown_flow.py and
+    test_recover_flow.py are)."""
     from prefect.variables import Variable
 
     Variable.unset("hokusai-recovery-budget")
     Variable.set("hokusai-reenabled-sandbox", datetime.now(UTC).isoformat(), overwrite=True)
+    forget_restarts(sandbox)
 
 
 def states_of(runs: list[Any]) -> list[str]:
@@ -271,7 +274,6 @@ def test_operators_are_notified_through_prefect_automations(
         assert "automation 'notify-sandbox-critical' updated" in again.stdout, again
 
         earlier = {r.id for r in runs_of(RECOVER)}
-        forget_restarts(healed)  # an earlier test's restart must not hold this one back
         healed.client.fault("ecs-tasks-crashed", all=True)
         wait_for(lambda: healed.client.status()["services"][REGISTRY]["running"] == 0, 15, "crash")
         diagnosis = start(DIAGNOSE)

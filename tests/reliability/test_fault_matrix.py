@@ -14,10 +14,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from sandbox.client import SandboxProcess
 from sandbox.statefiles import env_lines
@@ -33,6 +35,7 @@ from tests.reliability.figures import FAULT_MATRIX, observe, record
 from tests.sandbox.test_bad_deploy import ROLLOUT_S, assert_rolled_back_to, primary, tasks
 
 REGISTRY, MLFLOW = "hokusai-registry", "hokusai-mlflow"
+TARGETS = Path(__file__).resolve().parents[2] / "targets.yaml"
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class Row:
     flavor: str = "contract"  # the registry stand-in: the contract, or the deployed version
     onset: bool = False  # diagnosed at once, before the fault has shown everywhere
     env: tuple[tuple[str, str], ...] = ()  # the target's settings for the row
-    deadline_s: float = 10.0  # the first diagnosis's deadline
+    # Every diagnosis's deadline (the first one's, and the recoveries' through the target's
+    # thresholds): rows whose registry never answers are bounded by it.
+    deadline_s: float = 10.0
 
     @property
     def id(self) -> str:
@@ -263,15 +268,23 @@ def inject(sandbox: SandboxProcess, row: Row) -> None:
 
 @pytest.fixture
 def flavored(
-    request: pytest.FixtureRequest, prefect_server: str, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    prefect_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> Iterator[SandboxProcess]:
-    """The shared sandbox of the row's flavour, its environment set; healed after."""
+    """The shared sandbox of the row's flavour, its environment set, the sandbox target's
+    diagnosis deadline the row's; healed after."""
     row: Row = request.param
     name = "legacy_sandbox" if row.flavor == "legacy" else "sandbox"
     sandbox: SandboxProcess = request.getfixturevalue(name)
     wait_for(sandbox.client.converged, 90, "sandbox to converge")
     for key, value in (*env_lines(sandbox.info).items(), *row.env):
         monkeypatch.setenv(key, value)
+    targets = yaml.safe_load(TARGETS.read_text())
+    targets["targets"]["sandbox"].setdefault("thresholds", {})["deadline_s"] = row.deadline_s
+    (tmp_path / "targets.yaml").write_text(yaml.safe_dump(targets))
+    monkeypatch.setenv("HOKUSAI_TARGETS_FILE", str(tmp_path / "targets.yaml"))
     yield sandbox
     sandbox.client.heal()
     wait_for(sandbox.client.converged, 90, "sandbox to converge after healing")
@@ -301,7 +314,7 @@ def test_fault_through_diagnosis_and_recovery(
         assert not disagreements(calls, healed.client.request_counts(), api_host)
         return out, calls
 
-    (_, report), diagnosis_calls = recorded(partial(diagnose, deadline_seconds=row.deadline_s))
+    (_, report), diagnosis_calls = recorded(diagnose)
     (dry_state, dry), dry_calls = recorded(partial(recover, dry_run=True))
     (state, result), real_calls = recorded(
         partial(recover, dry_run=False, stabilization_timeout_seconds=row.settle_s)
