@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: await a condition instead of sleeping."""
+"""Small helpers shared by the tests: await a condition instead of sleeping, a moto server."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 
 if TYPE_CHECKING:
+    from sandbox.aws import AwsSandbox
     from sandbox.client import SandboxProcess
 
 T = TypeVar("T")
@@ -59,3 +61,19 @@ def packages_loaded(code: str, packages: set[str]) -> list[str]:
     assert done.returncode == 0, done.stderr[-2000:]
     found: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
     return found
+
+
+@contextmanager
+def moto_server() -> Iterator[AwsSandbox]:
+    """A moto server on loopback, starting from nothing (moto's backends are process-wide,
+    another test's resources would show) and emptied and stopped after."""
+    from sandbox.aws import AwsSandbox
+
+    server = AwsSandbox()
+    server.start()
+    server.reset()
+    try:
+        yield server
+    finally:
+        server.reset()
+        server.stop()

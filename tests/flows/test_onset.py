@@ -11,28 +11,35 @@ each diagnosis sent to each replica.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
 
+from flows.diagnose import diagnose_service_health
 from sandbox.client import SandboxProcess
 from sandbox.registry.config import LegacyRetryBudget
 from sandbox.statefiles import env_lines
 from service_health.details import BreakerFacts
 from service_health.discipline import MLFLOW_TOUCHING
 from service_health.models import DiagnosticReport
+from tasks.trigger_report import read_trigger_event
 from tests.conftest import LEGACY_TEST_ENV, converged
 from tests.domain.helpers import facts
 from tests.flows.test_diagnose_flow import diagnose
+from tests.flows.test_plan_from_trigger import UNGUARDED
 from tests.flows.test_recover_flow import recover
+from tests.flows.test_standdown_flow import clean, run_id
 from tests.helpers import wait_for
 from tests.reliability.figures import record
+from tests.reliability.test_fault_matrix import ONSET_PLAN, plan_steps
 
 BUDGET = LegacyRetryBudget.from_env(LEGACY_TEST_ENV)
 TIMEOUT = float(LEGACY_TEST_ENV["MLFLOW_TIMEOUT_SECONDS"])
@@ -185,6 +192,49 @@ def test_recovery_through_the_onset_restarts_no_registry_task(legacy: SandboxPro
     restarted = [s.service for s in result.plan.steps if s.kind.value == "force_deployment"]
     assert REGISTRY not in restarted, result.plan.steps
     assert restarted == ["hokusai-mlflow"], result.plan.steps
+
+
+def test_a_recovery_the_onset_diagnosis_starts_plans_from_it_and_restarts_no_registry_task(
+    legacy: SandboxProcess,
+) -> None:
+    """The automation's path at the onset: the diagnosis made while the breakers are still
+    CLOSED and counting is the report the recovery plans from (no diagnosis of its own, so
+    no more MLflow-touching requests to the stalling replicas), and that plan restarts MLflow,
+    never a registry task; applied, it recovers the service."""
+    legacy.client.fault("mlflow-down")
+
+    async def go() -> tuple[Any, dict[str, Any] | None]:
+        state = await diagnose_service_health(
+            target="sandbox", deadline_seconds=DEADLINE_S, return_state=True
+        )
+        return state, await read_trigger_event(f"prefect.flow-run.{run_id(state)}", 600, 30)
+
+    state, payload = asyncio.run(go())
+    report = state.result(raise_on_failure=False)
+    assert isinstance(report, DiagnosticReport) and payload is not None
+    assert report.overall_status.value == "degraded", report.critical_issues
+    assert "CLOSED" in set(legacy.client.breaker_states().values())  # still the onset
+    trigger = f"prefect.flow-run.{run_id(state)}"
+
+    legacy.client.reset_request_counts()
+    _, dry = recover(dry_run=True, triggered_by=trigger, **UNGUARDED)
+    assert dry.plan.diagnosis_timestamp == report.timestamp  # planned from the trigger
+    assert plan_steps(dry.plan) == ONSET_PLAN, dry.plan.steps
+    sent = [touching_counts(s) for s in legacy.client.request_stats().values()]
+    assert not any(sum(c.values()) for c in sent), sent  # nothing asked of the replicas
+
+    created: list[UUID] = []
+    clean(created)
+    try:
+        state, result = recover(dry_run=False, triggered_by=trigger,
+                                relapse_check_delay_seconds=None, **UNGUARDED)  # fmt: skip
+        created.append(run_id(state))
+        assert result.plan.diagnosis_timestamp == report.timestamp
+        restarted = [s.service for s in result.plan.steps if s.kind.value == "force_deployment"]
+        assert restarted == ["hokusai-mlflow"], result.plan.steps
+        assert state.name == "Recovered", result.message
+    finally:
+        clean(created)
 
 
 def test_database_outage_is_critical_and_blames_no_mlflow(legacy: SandboxProcess) -> None:

@@ -25,7 +25,7 @@ from tasks.contract import post_reset
 from tasks.readonly import MutationRefused
 from tasks.recovery import ActionContext
 from tests.flows.test_recover_flow import recover
-from tests.helpers import wait_for
+from tests.helpers import moto_server, wait_for
 from tests.recovery.world import make_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +38,8 @@ REGISTRY = "hokusai-registry"
 
 @pytest.fixture
 def moto() -> Iterator[AwsSandbox]:
-    server = AwsSandbox()
-    server.start()
-    try:
+    with moto_server() as server:
         yield server
-    finally:
-        server.reset()
-        server.stop()
 
 
 def seeded_target(moto: AwsSandbox, monkeypatch: pytest.MonkeyPatch) -> Any:

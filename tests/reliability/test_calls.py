@@ -10,6 +10,7 @@ import pytest
 from sandbox.aws import AwsSandbox
 from tasks import aws
 from tasks.readonly import MutationRefused
+from tests.helpers import moto_server
 from tests.recovery.world import make_target
 from tests.reliability.calls import Calls, Request, disagreements, recording
 
@@ -22,13 +23,8 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsSandbox]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = AwsSandbox()
-    server.start()
-    try:
+    with moto_server() as server:
         yield server
-    finally:
-        server.reset()
-        server.stop()
 
 
 def test_every_client_is_recorded(moto: AwsSandbox, monkeypatch: pytest.MonkeyPatch) -> None:

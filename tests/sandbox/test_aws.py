@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from botocore.parsers import RpcV2CBORParser
 
 from sandbox.aws import AwsSandbox, Seeded, Topology, _cbor_text_map
+from tests.helpers import moto_server
 
 NO_RETRIES = Config(retries={"total_max_attempts": 1})
 CLOUDWATCH_MODEL = botocore.session.Session().get_service_model("cloudwatch")
@@ -26,11 +27,8 @@ THROTTLING_CODES = {"Throttling", "ThrottlingException", "RequestLimitExceeded"}
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[AwsSandbox]:
-    sandbox = AwsSandbox()
-    sandbox.start()
-    sandbox.reset()  # moto's backends are process-wide: start from nothing
-    yield sandbox
-    sandbox.stop()
+    with moto_server() as sandbox:
+        yield sandbox
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from moto.elbv2.models import FakeTargetGroup
 from sandbox import moto_bridge
 from sandbox.aws import AwsSandbox, Seeded, Topology
 from sandbox.moto_bridge import DeploymentState, MotoBridge, TaskStop
+from tests.helpers import moto_server
 
 CLUSTER = Topology().cluster
 FAST_WAIT = {"Delay": 0.05, "MaxAttempts": 3}
@@ -26,11 +27,8 @@ FAST_WAIT = {"Delay": 0.05, "MaxAttempts": 3}
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[AwsSandbox]:
-    sandbox = AwsSandbox()
-    sandbox.start()
-    sandbox.reset()
-    yield sandbox
-    sandbox.stop()
+    with moto_server() as sandbox:
+        yield sandbox
 
 
 @pytest.fixture(scope="module")

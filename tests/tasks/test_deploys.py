@@ -20,6 +20,7 @@ from service_health.observations import AwsObservation
 from service_health.settings import Target
 from tasks.deploys import DEADLINE_MARGIN_S, read_deploys
 from tasks.evidence import Evidence
+from tests.helpers import moto_server
 
 CLUSTER = Topology().cluster
 REGISTRY, MLFLOW = "hokusai-registry", "hokusai-mlflow"
@@ -28,11 +29,8 @@ TOKEN = "tok-" + uuid.uuid4().hex
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[AwsSandbox]:
-    sandbox = AwsSandbox()
-    sandbox.start()
-    sandbox.reset()
-    yield sandbox
-    sandbox.stop()
+    with moto_server() as sandbox:
+        yield sandbox
 
 
 @pytest.fixture(scope="module")
