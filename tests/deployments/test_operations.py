@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +24,6 @@ from sandbox.client import SandboxProcess
 from sandbox.ports import free_port
 from sandbox.statefiles import env_lines
 from tests.conftest import converged
-from tests.deployments.servers import Worker
 from tests.deployments.test_deploy import run
 from tests.flows.test_recover_flow import breaker_states, deployments_started, ecs
 from tests.helpers import wait_for
@@ -48,9 +48,20 @@ def worker(
     env = {**env_lines(sandbox.info), "PREFECT_API_URL": prefect_server}
     assert run(env, sys.executable, "-m", "deployments", "setup").returncode == 0
     deploy(env, "--name", "diagnose-sandbox", "--name", "recover-sandbox")
-    worker = Worker(env, tmp_path_factory.mktemp("worker") / "worker.log", limit=6)
+    log = (tmp_path_factory.mktemp("worker") / "worker.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "hokusai-process",
+         "--limit", "6"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
     yield env
-    worker.stop()
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
 
 
 def client_call(call: Any) -> Any:
@@ -344,6 +355,18 @@ async def _start_recovery(client: Any, **parameters: Any) -> UUID:
     return run_id
 
 
+def lock_slots_taken() -> int:
+    """Slots in use of the sandbox's recovery lock (a one-slot global concurrency limit)."""
+    from tasks.locking import lock_name
+
+    async def go(client: Any) -> int:
+        limit = await client.read_global_concurrency_limit_by_name(lock_name("sandbox"))
+        return int(limit.active_slots)
+
+    result: int = client_call(go)
+    return result
+
+
 def run_logs(run_id: UUID) -> list[tuple[float, str]]:
     """(epoch seconds, message) of each log line of the run, read back from the server."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -391,6 +414,10 @@ def test_a_killed_recovery_and_a_silent_target_are_notified(
         healed.client.fault("breaker-stuck-open")
         pending = client_call(lambda c: _start_recovery(c, require_approval=True))
         paused = wait_for(lambda: (r := flow_run(pending)).state.is_paused() and r, 120, "pause")
+        # Killed once it has given up its lease, as a run waiting for an operator has: the
+        # server lets a lease lapse only when its repossessor runs, and a lock held past
+        # this test would hold the next test's recovery.
+        wait_for(lambda: lock_slots_taken() == 0, 30, "the paused run to give up its lease")
         pid = int(str(paused.infrastructure_pid).rsplit(":", 1)[-1])
         os.kill(pid, signal.SIGKILL)
         assert final_state(pending, 120).name == "Crashed"
