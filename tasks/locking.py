@@ -4,7 +4,8 @@ Two mechanisms, each covering the phase it can cover by construction:
 
 - While a recovery *runs* (plans, applies, waits for stabilisation) it holds a one-slot
   Prefect global concurrency limit `recover-<target>`. The lease is renewed while the run
-  lives; a holder killed outright frees the slot when the lease lapses (one minute).
+  lives; a holder killed outright frees the slot when the lease lapses (one minute) and
+  the server's repossessor service takes it back (Prefect's ephemeral server runs none).
 - While a recovery *waits for an operator* it holds no lease at all: leases live in the
   server's lease storage (in memory by default), so a server restart during an hour-long
   approval wait would lose it and Prefect would terminate the waiting run. The waiting run
