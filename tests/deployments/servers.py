@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +22,9 @@ from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+# A worker stops within a second or two when asked; in long test sessions some were seen
+# to hang for good after their SIGINT (never printing "stopped"), which cost 30 s each.
+WORKER_GRACE_S = 10.0
 
 
 class PrefectServer:
@@ -80,20 +86,47 @@ class PrefectServer:
 
 
 class Worker:
-    """`prefect worker start --pool hokusai-process`, its output in a file."""
+    """`prefect worker start` on a pool (by default the project's), its output in a file.
+    `env` is added to this process's environment, or with `inherit=False` is the whole of
+    it (a test that removes variables)."""
 
-    def __init__(self, env: dict[str, str], log: Path, limit: int = 4) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        limit: int = 4,
+        pool: str = "hokusai-process",
+        name: str | None = None,
+        inherit: bool = True,
+    ) -> None:
         self.log = log
+        argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+                "--limit", str(limit), *(["--name", name] if name else [])]  # fmt: skip
         with log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "worker", "start", "--pool",
-                 "hokusai-process", "--limit", str(limit)],
-                cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                argv, cwd=ROOT, env={**os.environ, **env} if inherit else env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
 
     def stop(self) -> None:
-        stop_group(self.proc, 30)
+        stop_workers([self])
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def stop_workers(workers: list[Worker], grace_s: float = WORKER_GRACE_S) -> None:
+    """SIGTERM every worker's process group at once (a worker asks itself to stop, as on
+    Ctrl-C), await their exits for at most `grace_s` together, then SIGKILL what is left of
+    each group (flow-run processes included)."""
+    for worker in workers:
+        with suppress(ProcessLookupError):
+            os.killpg(worker.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        with suppress(subprocess.TimeoutExpired):
+            worker.proc.wait(max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        with suppress(ProcessLookupError):
+            os.killpg(worker.proc.pid, signal.SIGKILL)
+        worker.proc.wait()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ import yaml
 
 from bench.fleet import deploy_fleet
 from sandbox.client import SandboxProcess
+from tests.deployments.servers import Worker, stop_workers
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,42 +65,16 @@ def workers(
     }
     for name in ("API_URL", "MLFLOW_TRACKING_URI"):  # the file decides per target
         env.pop(name, None)
-    procs = []
-    for i in range(WORKERS):
-        log = (tmp_path / f"worker-{i}.log").open("w")
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "prefect",
-                    "worker",
-                    "start",
-                    "--pool",
-                    POOL,
-                    "--name",
-                    f"shard-worker-{i}",
-                    "--limit",
-                    "1",
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
+    workers = [
+        Worker(env, tmp_path / f"worker-{i}.log", limit=1, pool=POOL,
+               name=f"shard-worker-{i}", inherit=False)
+        for i in range(WORKERS)
+    ]  # fmt: skip
     try:
         wait_for(lambda: asyncio.run(_online_workers()) >= WORKERS, 120, "the workers")
         yield deployment
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop_workers(workers)
 
 
 async def _fleet(deployment: UUID, shards: int) -> tuple[Any, list[Any], Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from sandbox.client import SandboxProcess
 from sandbox.ports import free_port
 from sandbox.statefiles import env_lines
 from tests.conftest import converged
+from tests.deployments.servers import Worker
 from tests.deployments.test_deploy import run
 from tests.flows.test_recover_flow import breaker_states, deployments_started, ecs
 from tests.helpers import wait_for
@@ -48,20 +48,9 @@ def worker(
     env = {**env_lines(sandbox.info), "PREFECT_API_URL": prefect_server}
     assert run(env, sys.executable, "-m", "deployments", "setup").returncode == 0
     deploy(env, "--name", "diagnose-sandbox", "--name", "recover-sandbox")
-    log = (tmp_path_factory.mktemp("worker") / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "hokusai-process",
-         "--limit", "6"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    worker = Worker(env, tmp_path_factory.mktemp("worker") / "worker.log", limit=6)
     yield env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    worker.stop()
 
 
 def client_call(call: Any) -> Any:

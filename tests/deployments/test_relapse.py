@@ -5,9 +5,6 @@ back it marks the recovery relapsed and holds automatic recovery for approval.""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ import pytest
 from sandbox.client import SandboxProcess
 from sandbox.statefiles import env_lines
 from service_health.recovery import EntryStatus
+from tests.deployments.servers import Worker
 from tests.deployments.test_deploy import run
 from tests.deployments.test_operations import client_call, deploy, final_state, flow_run
 from tests.flows.test_recover_flow import recover, resets
@@ -60,20 +58,9 @@ def deployed(
     assert run(env, sys.executable, "-m", "deployments", "setup").returncode == 0
     deploy(env, "--name", "diagnose-sandbox", "--name", "recover-sandbox")
     stale_follow_ups()
-    log = (tmp_path_factory.mktemp("worker") / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "hokusai-process",
-         "--limit", "4"],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    worker = Worker(env, tmp_path_factory.mktemp("worker") / "worker.log", limit=4)
     yield env
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    worker.stop()
 
 
 def latest_artifact(key: str) -> Any:

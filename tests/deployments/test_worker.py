@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 import pytest
 
 from sandbox.client import SandboxProcess
+from tests.deployments.servers import Worker
 from tests.deployments.test_deploy import run
 from tests.helpers import wait_for
 
@@ -28,19 +27,9 @@ def worker(prefect_server: str, sandbox_env: dict[str, str], tmp_path: Path) -> 
     deploy = run(env, sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name",
                  "diagnose-sandbox")  # fmt: skip
     assert deploy.returncode == 0, deploy.stderr[-2000:]
-    log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "hokusai-process",
-         "--limit", "2"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    yield tmp_path / "worker.log"
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    worker = Worker(env, tmp_path / "worker.log", limit=2, inherit=False)
+    yield worker.log
+    worker.stop()
 
 
 def start_diagnosis() -> Any:
