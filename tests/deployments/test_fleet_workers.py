@@ -19,7 +19,6 @@ from sandbox.client import SandboxProcess
 from tests.deployments.servers import Worker, stop_workers
 from tests.helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 POOL = "fleet-shards"
 WORKERS = 4
 TARGETS = [f"fleet-{i}" for i in range(1, 9)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -23,7 +22,6 @@ from tests.flows.test_recover_flow import recover, resets
 from tests.flows.test_standdown_flow import APPLIED, clean, get_variable, run_id
 from tests.helpers import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 # Longer than a worker's prefetch (10 s): the follow-up cannot start before the fault is back.
 DELAY_S = 20.0
 

@@ -27,7 +27,7 @@ def worker(prefect_server: str, sandbox_env: dict[str, str], tmp_path: Path) -> 
     deploy = run(env, sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--name",
                  "diagnose-sandbox")  # fmt: skip
     assert deploy.returncode == 0, deploy.stderr[-2000:]
-    worker = Worker(env, tmp_path / "worker.log", limit=2, inherit=False)
+    worker = Worker(env, tmp_path / "worker.log", limit=2)
     yield worker.log
     worker.stop()
 
