@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 
 from sandbox.ports import free_port
 from sandbox.processes import stop_group
@@ -22,8 +23,7 @@ from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
-# A worker stops within a second or two when asked; in long test sessions some were seen
-# to hang for good after their SIGINT (never printing "stopped"), which cost 30 s each.
+# How long a stopped worker's flow-run processes may take to end their runs.
 WORKER_GRACE_S = 10.0
 
 
@@ -117,16 +117,33 @@ class Worker:
 
 def stop_workers(workers: list[Worker], grace_s: float = WORKER_GRACE_S) -> None:
     """SIGTERM every worker's process group at once (a worker asks itself to stop, as on
-    Ctrl-C), await their exits for at most `grace_s` together, then SIGKILL what is left of
-    each group (flow-run processes included)."""
+    Ctrl-C; its flow-run processes end their runs Crashed), await for at most `grace_s`
+    together until no flow-run process of theirs is left, then SIGKILL what is left of each
+    group. The workers' own graceful exit is not waited for: in long sessions it hung for
+    good after the SIGINT (never printing "stopped") and it leaves nothing a test reads."""
     for worker in workers:
         with suppress(ProcessLookupError):
             os.killpg(worker.proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    for worker in workers:
-        with suppress(subprocess.TimeoutExpired):
-            worker.proc.wait(max(0.0, deadline - time.monotonic()))
+    while any(_runs_left(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
     for worker in workers:
         with suppress(ProcessLookupError):
             os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait()
+
+
+def _runs_left(worker: Worker) -> bool:
+    """Whether the worker (if alive) still has a live process under it: a flow run."""
+    try:
+        children = psutil.Process(worker.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return False
+    return any(_alive(child) for child in children)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
