@@ -70,6 +70,14 @@ class _Fault:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+# How long the load balancers (and the control API) keep an idle client connection open:
+# the ALB's default idle timeout. uvicorn's own 5 s equals httpx's keep-alive expiry, so a
+# pooled client (a registry replica's MLflow client) could send a request on a connection
+# at the very moment the server closed it, and that MLflow call failed: a race a real ALB,
+# which outlasts its clients' idle pools, does not have.
+IDLE_TIMEOUT_S = 60
+
+
 class _EmbeddedServer(uvicorn.Server):
     """A uvicorn server inside the sandbox's loop: signals belong to the sandbox."""
 
@@ -174,7 +182,13 @@ class Sandbox:
     async def _serve(self, app: Any, port: int | None = None) -> int:
         port = port or free_port()
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=IDLE_TIMEOUT_S,
         )
         server = _EmbeddedServer(config)
         task = asyncio.create_task(server.serve())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -18,6 +19,8 @@ from sandbox.breaker import BreakerState, CircuitBreaker, CircuitOpenError
 MLFLOW_SEARCH_PATH = "/api/2.0/mlflow/experiments/search"
 # The cheapest call that proves the tracking server and its backend store answer.
 MLFLOW_SEARCH_BODY = {"max_results": 1}
+
+log = logging.getLogger("sandbox.registry")
 
 
 @dataclass(frozen=True)
@@ -182,11 +185,12 @@ async def check_mlflow(
             False, refused=True, error=refused_message(exc), error_type=type(exc).__name__
         )
     except Exception as exc:  # any failure of the call is MLflow being unavailable
+        error = describe_error(exc, time_limit)
+        # In the replica's log: a failure on a healthy sandbox must be explainable afterwards.
+        log.warning("MLflow call failed after %d ms: %s: %s", _elapsed_ms(start),
+                    type(exc).__name__, error)  # fmt: skip
         return MlflowCheck(
-            False,
-            latency_ms=_elapsed_ms(start),
-            error=describe_error(exc, time_limit),
-            error_type=type(exc).__name__,
+            False, latency_ms=_elapsed_ms(start), error=error, error_type=type(exc).__name__
         )
     return MlflowCheck(True, latency_ms=_elapsed_ms(start))
 

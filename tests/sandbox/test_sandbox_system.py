@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -323,3 +326,41 @@ def test_converged_waits_for_a_health_check_round_begun_after_the_heal(
     assert not converged(sandbox)
     wait_for(lambda: converged(sandbox), 30, "converged after the heal")
     assert sandbox.client.status()["settled"] is True
+
+
+def _get_on(conn: socket.socket, host: str) -> bytes:
+    """One keep-alive GET /health on an open connection; the status line of its answer."""
+    conn.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        head += chunk
+    headers, _, body = head.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1]) for line in headers.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )  # fmt: skip
+    while len(body) < length:
+        body += conn.recv(65536)
+    return headers.split(b"\r\n", 1)[0]
+
+
+def test_load_balancers_outlast_a_pooled_clients_idle_connection(sandbox: SandboxProcess) -> None:
+    """The load balancers keep an idle connection open longer than httpx keeps one in its
+    pool (5 s), as an ALB does (60 s): a pooled client never sends a request on a
+    connection the server is closing. With uvicorn's default of 5 s the two raced, and a
+    registry replica's MLflow call failed now and then on a healthy sandbox."""
+    urls = [sandbox.info["mlflow_url"], sandbox.info["api_url"], sandbox.info["control_url"]]
+    conns = []
+    for url in urls:
+        parts = urlsplit(url)
+        conn = socket.create_connection((parts.hostname, parts.port), timeout=10)
+        conns.append(conn)
+        assert _get_on(conn, parts.netloc).startswith(b"HTTP/1.1 ")
+    # Idle for longer than httpx's keep-alive expiry: the time itself is what is tested.
+    time.sleep(5.5)
+    for conn, url in zip(conns, urls, strict=True):
+        with conn:
+            assert _get_on(conn, urlsplit(url).netloc).startswith(b"HTTP/1.1 "), url
