@@ -37,14 +37,17 @@ from service_health.recovery import (
     AnyActionResult,
     Effect,
     EntryStatus,
+    RecoveryHistory,
     RecoveryLogEntry,
     RecoveryPlan,
     RecoveryResult,
+    RecoveryStep,
     blocked_result,
     build_result,
     dry_run_entries,
     prepare_step,
     rejection_entry,
+    step_batches,
 )
 from service_health.recovery_rendering import (
     log_table,
@@ -74,6 +77,7 @@ from tasks.config import load_target, with_secrets
 from tasks.locking import TargetLock
 from tasks.recovery import ActionContext, execute_step, read_recovery_history
 from tasks.recovery.early import EarlyVerification
+from tasks.retries import io_task
 from tasks.trigger_report import WAIT_S, read_trigger_event
 
 TIMED_OUT = "approval timed out"
@@ -100,11 +104,13 @@ class Approval(RunInput):
     )
 
 
+@io_task(name="diagnose", retries=0)
 async def diagnose(target: Target) -> DiagnosticReport:
-    """A diagnosis inside this run (tasks, not a subflow: it must not look like a scheduled
-    diagnosis to the automation that reacts to Critical ones)."""
+    """A diagnosis inside this run: one task run, the checks inside it, each retried as its
+    own task run would be (not a subflow: it must not look like a scheduled diagnosis to
+    the automation that reacts to Critical ones)."""
     started_at, started = datetime.now(UTC), time.perf_counter()
-    checks = await run_checks(target, target.thresholds.deadline_s)
+    checks = await run_checks(target, target.thresholds.deadline_s, task_runs=False)
     return build_diagnostic_report(target.name, checks, started_at, time.perf_counter() - started)
 
 
@@ -127,28 +133,45 @@ async def apply(
 async def _apply_steps(
     plan: RecoveryPlan, context: ActionContext, redactor: Redactor
 ) -> list[AnyActionResult]:
-    logger, target = run_logger(), context.target
+    logger = run_logger()
     results: dict[int, AnyActionResult] = {}
-    for step in plan.steps:
-        ready = prepare_step(step, plan, results)
-        if isinstance(ready, str):
-            results[step.number] = blocked_result(step, ready)
-            logger.warning("Step %d not run: %s: %s", step.number, step.title, ready)
-            continue
-        if not step.kind.passive:  # an escalation or a skip only writes its entry
-            logger.info("Step %d starts: %s", step.number, redactor.text(step.title))
-        if step.kind.effect in (Effect.MUTATING, Effect.WAITING) and context.early is not None:
-            # A diagnosis taken before this step cannot verify what follows it.
-            context.early.discard()
-        results[step.number] = result = await execute_step(ready, context)
-        for entry in result.entries:
-            log = logger.info if entry.ok or str(entry.status) == "escalated" else logger.warning
-            log("Step %d %s: %s", step.number, entry.status, redactor.text(entry.details))
-            # The audit trail: one event per mutating call made (not per skip or check).
-            if step.mutating and entry.action == step.action and entry.status in CALLED:
-                safe = RecoveryLogEntry.model_validate(redactor.obj(entry.model_dump(mode="json")))
-                events.mutation(target.slug, target.name, safe, step.service)
-    return list(results.values())
+    for batch in step_batches(plan.steps):
+        ready: dict[int, RecoveryStep] = {}
+        for step in batch:
+            prepared = prepare_step(step, plan, results)
+            if isinstance(prepared, str):
+                results[step.number] = blocked_result(step, prepared)
+                logger.warning("Step %d not run: %s: %s", step.number, step.title, prepared)
+                continue
+            if not step.kind.passive:  # an escalation or a skip only writes its entry
+                logger.info("Step %d starts: %s", step.number, redactor.text(step.title))
+            if step.kind.effect in (Effect.MUTATING, Effect.WAITING) and context.early is not None:
+                # A diagnosis taken before this step cannot verify what follows it.
+                context.early.discard()
+            ready[step.number] = prepared
+        # Every step of the batch ends before anything is logged or raised.
+        outcomes = await asyncio.gather(
+            *(execute_step(step, context) for step in ready.values()), return_exceptions=True
+        )
+        for number, outcome in zip(ready, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            results[number] = outcome
+            _log_result(plan.step(number), outcome, context, redactor)
+    return [results[step.number] for step in plan.steps]
+
+
+def _log_result(
+    step: RecoveryStep, result: AnyActionResult, context: ActionContext, redactor: Redactor
+) -> None:
+    logger, target = run_logger(), context.target
+    for entry in result.entries:
+        log = logger.info if entry.ok or str(entry.status) == "escalated" else logger.warning
+        log("Step %d %s: %s", step.number, entry.status, redactor.text(entry.details))
+        # The audit trail: one event per mutating call made (not per skip or check).
+        if step.mutating and entry.action == step.action and entry.status in CALLED:
+            safe = RecoveryLogEntry.model_validate(redactor.obj(entry.model_dump(mode="json")))
+            events.mutation(target.slug, target.name, safe, step.service)
 
 
 def run_logger() -> Any:
@@ -346,11 +369,19 @@ async def recover_service(
         while publications:
             await publications.pop(0)
 
+    # ECS's history, read once the lock is held (a recovery that held it before may have
+    # restarted a service): taken by the first plan, made right after.
+    history_early: list[asyncio.Future[RecoveryHistory]] = []
+
     async def make_plan(
         given: asyncio.Future[DiagnosticReport | None] | None = None,
     ) -> tuple[DiagnosticReport, RecoveryPlan]:
         # ECS's history does not depend on the report: read while the diagnosis runs.
-        history_read = asyncio.ensure_future(read_recovery_history(resolved))
+        history_read = (
+            history_early.pop()
+            if history_early
+            else asyncio.ensure_future(read_recovery_history(resolved))
+        )
         try:
             report = (await given if given is not None else None) or await diagnose(resolved)
         finally:
@@ -434,6 +465,7 @@ async def recover_service(
             if not dry_run:  # a dry run mutates nothing: no need to wait for other runs
                 try:
                     await lock.acquire(lock_timeout_seconds)
+                    history_early.append(asyncio.ensure_future(read_recovery_history(resolved)))
                     waiting = await lock.waiting_holder()
                 except TimeoutError:
                     # Another recovery is in charge (applying or waiting for stabilisation):
@@ -456,6 +488,9 @@ async def recover_service(
         await published()
         if trigger is not None:
             await trigger
+        for unused in history_early:  # the run stood aside before planning
+            with contextlib.suppress(Exception):
+                await unused
     if isinstance(result, State):
         return result
     # -- the relapse check after Recovered; why approval was asked heads the log --

@@ -396,6 +396,28 @@ def prepare_step(
     return step
 
 
+def step_batches(steps: Sequence[RecoveryStep]) -> list[list[RecoveryStep]]:
+    """The plan's steps in the order they run: consecutive checking steps (each reads
+    once, changes nothing) that do not depend on one another run together; every other
+    step runs alone, after the batch before it has ended. Reading the load balancer's
+    targets and taking the final diagnosis at once changes nothing either reads, and the
+    recovery ends a read's length sooner."""
+    batches: list[list[RecoveryStep]] = []
+    for step in steps:
+        last = batches[-1] if batches else None
+        joins = (
+            last is not None
+            and step.kind.effect is Effect.CHECKING
+            and all(s.kind.effect is Effect.CHECKING for s in last)
+            and not {s.number for s in last} & set(step.depends_on)
+        )
+        if joins and last is not None:
+            last.append(step)
+        else:
+            batches.append([step])
+    return batches
+
+
 def _numbers(numbers: Sequence[int]) -> str:
     return ", ".join(str(n) for n in numbers)
 

@@ -37,10 +37,14 @@ P = ParamSpec("P")
 CheckFn = Callable[P, Coroutine[Any, Any, CheckResult]]
 
 
+# Retries of a transient exception that escaped a check (tasks/retries.py).
+CHECK_RETRIES = 2
+
+
 def check_task(name: str) -> Callable[[CheckFn[P]], Task[P, Coroutine[Any, Any, CheckResult]]]:
     """The task options every check shares (tasks/retries.py): no caching, each run reads
     the service anew; two retries of an escaped transient exception."""
-    return io_task(name=name, retries=2)
+    return io_task(name=name, retries=CHECK_RETRIES)
 
 
 @check_task(name="check-api-connectivity")

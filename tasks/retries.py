@@ -99,18 +99,36 @@ def http_retrying(
 # --- Prefect task retries -------------------------------------------------------------------
 
 
-def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect retries a task only for a transient exception that escaped its body."""
+def transient_exceptions() -> tuple[type[BaseException], ...]:
+    """What counts as transient when it escapes a task's body: a refused or reset
+    connection, a timeout."""
     # botocore is imported here, not at module level: a run without AWS never loads it.
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
+    return (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError)
+
+
+def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect retries a task only for a transient exception that escaped its body."""
     try:
         state.result()
-    except (httpx.TransportError, BotoConnectionError, ConnectionError, TimeoutError):
+    except transient_exceptions():
         return True
     except Exception:
         return False
     return False
+
+
+def in_task_retrying(retries: int) -> AsyncRetrying:
+    """The retries `io_task` gives a task run, for a task's body called inside another
+    task instead (the checks of a recovery's own diagnosis): `retries` more attempts after
+    a transient exception escaped, with backoff and jitter; anything else is raised."""
+    return AsyncRetrying(
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_exponential_jitter(initial=0.5, max=4.0, jitter=0.25),
+        retry=retry_if_exception_type(transient_exceptions()),
+        reraise=True,
+    )
 
 
 def io_task(

@@ -173,7 +173,12 @@ class _Infrastructure:
         if elsewhere:
             self.last_ecs += f" ({'; '.join(elsewhere)})"
             return False
-        confirmed, why = await asyncio.to_thread(self._waiter_agrees, self.ecs)
+        # The waiter's confirmation and the targets' health are read at once (reads only).
+        elb = self.elb
+        arns = [a for s in services for a in s.target_group_arns] if check_targets else []
+        waiter = asyncio.ensure_future(asyncio.to_thread(self._waiter_agrees, self.ecs))
+        healths = await asyncio.gather(*(asyncio.to_thread(group_health, elb, arn) for arn in arns))
+        confirmed, why = await waiter
         if not confirmed:
             self.last_ecs += f" (services_stable waiter: {why})"
             return False
@@ -181,8 +186,7 @@ class _Infrastructure:
             return True
         parts = []
         stable = True
-        for arn in (a for s in services for a in s.target_group_arns):
-            health, error = await asyncio.to_thread(group_health, self.elb, arn)
+        for arn, (health, error) in zip(arns, healths, strict=True):
             group = arn.rsplit("/", 2)[-2] if arn.count("/") >= 2 else arn
             if health is None:
                 parts.append(f"{group} unreadable ({error})")
@@ -264,7 +268,15 @@ class _Stabilisation:
             while True:
                 self.poller.poll()
                 await self.progress.advance(self.poller.progress)
-                ready = await self.infrastructure.stable(self.check_targets)
+                answer: HttpObservation | None = None
+                if self.consecutive > 0 and self.streak > 0:
+                    # Mid-streak the infrastructure was stable a poll ago: /health is asked
+                    # while it is read again (the answer counts only if it still is).
+                    ready, answer = await asyncio.gather(
+                        self.infrastructure.stable(self.check_targets), self._ask(client)
+                    )
+                else:
+                    ready = await self.infrastructure.stable(self.check_targets)
                 seen = f"{self.infrastructure.last_ecs} | {self.infrastructure.last_targets}"
                 if seen != self.seen:  # tasks started, targets turned healthy: moving
                     self.seen = seen
@@ -276,7 +288,8 @@ class _Stabilisation:
                     )
                 pause = None
                 if ready and self.consecutive > 0:
-                    pause = HEALTH_INTERVAL_S if await self._healthy(client) else None
+                    answer = answer if answer is not None else await self._ask(client)
+                    pause = HEALTH_INTERVAL_S if self._counts(answer) else None
                 elif not ready:
                     self._broken()
                 if ready and self.streak >= self.consecutive:
@@ -285,10 +298,9 @@ class _Stabilisation:
                     return await self.done(EntryStatus.FAILED, self._verdict(stable=False))
                 await self.poller.pause(pause, back_off=not ready or self.streak == 0)
 
-    async def _healthy(self, client: httpx.AsyncClient) -> bool:
-        """One GET /health; counts toward the streak when the verification would call it
-        healthy (`healthy_answer`)."""
-        obs = await http.fetch(
+    async def _ask(self, client: httpx.AsyncClient) -> HttpObservation:
+        """One GET /health, within what is left of the wait."""
+        return await http.fetch(
             client,
             "GET",
             self.target.api_url.rstrip("/") + HEALTH,
@@ -296,6 +308,10 @@ class _Stabilisation:
                 self.target.thresholds.request_timeout_s, max(0.2, self.poller.remaining)
             ),
         )
+
+    def _counts(self, obs: HttpObservation) -> bool:
+        """Whether the answer extends the streak: healthy as the verification would call it
+        (`healthy_answer`); any other answer breaks it."""
         self.last_health = _health_text(obs)
         if healthy_answer(obs, self.target.thresholds.slow_response_s):
             self.streak += 1

@@ -127,6 +127,26 @@ def test_stuck_on_one_replica_resets_only_that_one(
     counts = resets(healed)
     assert counts[stuck] == 1
     assert sum(counts.values()) == 1
+    # Each diagnosis of the run (the plan's, the verification's, and one started early by
+    # the wait and discarded if its streak broke) is one task run with the checks inside
+    # it, not a task run per check.
+    names = [t.name for t in task_runs(state.state_details.flow_run_id)]
+    assert sum(n.startswith("diagnose-") for n in names) >= 2, names
+    assert not [n for n in names if n.startswith("check-") and "alb-targets" not in n], names
+
+
+def task_runs(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            runs: list[Any] = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            return runs
+
+    return asyncio.run(read())
 
 
 def test_two_recoveries_at_once_apply_once(healed: SandboxProcess, env: dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from service_health.recovery import (
     passive_result,
     prepare_step,
     rejection_entry,
+    step_batches,
     verification_result,
 )
 from service_health.recovery_rendering import (
@@ -187,6 +188,26 @@ def test_a_step_runs_only_after_its_dependencies_succeeded() -> None:
     blocked = blocked_result(wait, "step 1 failed")
     assert blocked.not_run and not blocked.success
     assert blocked.entries[0].status == EntryStatus.SKIPPED
+
+
+def test_checking_steps_that_do_not_depend_on_each_other_run_together() -> None:
+    crash = plan_of(C, StepKind.FORCE_DEPLOYMENT, StepKind.WAIT_FOR_STABILIZATION,
+                    StepKind.CHECK_ALB_TARGETS, StepKind.VERIFY)  # fmt: skip
+    assert [[s.kind for s in b] for b in step_batches(crash.steps)] == [
+        [StepKind.FORCE_DEPLOYMENT],
+        [StepKind.WAIT_FOR_STABILIZATION],
+        [StepKind.CHECK_ALB_TARGETS, StepKind.VERIFY],
+    ]
+    # A check that depends on the one before it waits for it; a mutating or waiting step
+    # never joins a batch, and a check after one starts a new batch.
+    chained = plan_of(C, StepKind.CHECK_ALB_TARGETS, StepKind.VERIFY)
+    chained.steps[1].depends_on = [1]
+    assert [len(b) for b in step_batches(chained.steps)] == [1, 1]
+    mixed = plan_of(C, StepKind.VERIFY, RESET, StepKind.CHECK_ALB_TARGETS, StepKind.VERIFY,
+                    StepKind.WAIT_FOR_MLFLOW, StepKind.VERIFY)  # fmt: skip
+    assert [[s.number for s in b] for b in step_batches(mixed.steps)] == [
+        [1], [2], [3, 4], [5], [6]
+    ]  # fmt: skip
 
 
 def test_passive_steps_log_without_io() -> None:

@@ -367,3 +367,34 @@ def test_execute_step_runs_steps_through_prefect_tasks(prefect_server: str, targ
     with pytest.raises(ValueError):
         verify = RecoveryStep(number=1, kind=StepKind.VERIFY, reason="v")
         run(execute_step(verify, ActionContext(target)))
+
+
+def test_the_target_check_and_the_final_diagnosis_run_at_once(
+    prefect_server: str, target: Target
+) -> None:
+    """The plan's tail (check_alb_targets, verify: reads that depend on nothing of each
+    other) runs together: the final diagnosis begins before the target check has read the
+    load balancer, and both results are logged in the plan's order."""
+    from flows.recover import _apply_steps
+    from service_health.recovery import RecoveryPlan, parse_time
+    from service_health.redaction import Redactor
+
+    began: list[datetime] = []
+
+    async def verify() -> DiagnosticReport:
+        began.append(datetime.now(UTC))
+        return await diagnose(target)
+
+    plan = RecoveryPlan(
+        target=target.name, created_at=datetime.now(UTC).isoformat(),
+        diagnosis_timestamp=datetime.now(UTC).isoformat(), verdict=Verdict.CRITICAL,
+        steps=[RecoveryStep(number=1, kind=StepKind.CHECK_ALB_TARGETS, reason="record"),
+               RecoveryStep(number=2, kind=StepKind.VERIFY, reason="verify")],
+        cooldown_s=0, max_restarts=1,
+    )  # fmt: skip
+    context = ActionContext(target, 30, verify=verify)
+    checked, verified = run(_apply_steps(plan, context, Redactor([])))
+    assert (checked.step, verified.step) == (1, 2)
+    assert checked.success and verified.success, (checked.entries, verified.entries)
+    read_at = parse_time(checked.entries[0].timestamp)
+    assert read_at is not None and began and began[0] < read_at
