@@ -414,8 +414,9 @@ async def recover_service(
             return done([], dry_run=dry_run, final_report=report)
         if dry_run:
             return done([], dry_run=True, extra_entries=dry_run_entries(plan))
-        # -- standing down (flows/standdown.py): freeze, flap guard, budget, relapse hold --
-        if (stop := await guard.check(plan, take_budget=False)) is not None:
+        # -- standing down (flows/standdown.py): freeze, flap guard, relapse hold; the budget
+        # is taken right before the first mutating call (peeked at before asking anyone) --
+        if (stop := await guard.check(plan, take_budget=False, budget=False)) is not None:
             return apply_stand_down(done([], dry_run=False, rejected=True), stop)
         approved: list[RecoveryLogEntry] = []
         # A rollback is a release decision: an operator approves it, unless the target
@@ -424,6 +425,9 @@ async def recover_service(
             guard.entries.append(asked)
             logger.info("%s", redactor.text(asked.details))
         if (require_approval or guard.approval_required or asked) and plan.mutates:
+            # An operator is not asked to approve what the budget would refuse.
+            if (stop := await guard.check(plan, take_budget=False, reread=False)) is not None:
+                return apply_stand_down(done([], dry_run=False, rejected=True), stop)
             await published()  # the operator reads the plan there
             answer = await ask_approval(
                 plan, approval_timeout_seconds, approval_poll_seconds, lock, redactor

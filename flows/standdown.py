@@ -83,12 +83,14 @@ class StandDownGuard:
         return self.relapse is not None
 
     async def check(
-        self, plan: RecoveryPlan, *, take_budget: bool, reread: bool = True
+        self, plan: RecoveryPlan, *, take_budget: bool, reread: bool = True, budget: bool = True
     ) -> StandDown | None:
         """Why the plan must not be applied, or None. With `take_budget` (right before the
         first mutating call) an automatic recovery takes its budget slot. Without `reread`
         the freeze, flap guard and relapse hold are those the previous check read (it ran
-        a moment before, with no wait between); the budget is always claimed afresh."""
+        a moment before, with no wait between); the budget is always claimed afresh.
+        Without `budget` the budget is not looked at (the slot is taken moments later, and
+        only a run about to ask an operator needs to know before)."""
         if not plan.mutates:
             return None  # nothing to hold back: escalations and waits change nothing
         logger = get_run_logger()
@@ -111,6 +113,8 @@ class StandDownGuard:
             self.relapse = guards.relapse
             self.entries.append(approval_entry(name, guards.relapse))
             logger.warning("%s", self.redactor.text(self.entries[-1].details))
+        if not budget:
+            return None
         try:
             decision = await claim_budget(
                 slug, name, self.budget_per_target, self.budget_all_targets, take_budget

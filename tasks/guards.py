@@ -26,7 +26,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.concurrency.asyncio import concurrency
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.variables import Variable
@@ -151,16 +151,26 @@ async def claim_budget(
         return budget(
             now, claims, slug, target, per_target=per_target, all_targets=all_targets, take=False
         )
-    await ensure_lock(BUDGET_LOCK)
-    async with concurrency(BUDGET_LOCK, occupy=1, timeout_seconds=60, strict=True):
-        now = datetime.now(UTC)
-        claims = read_claims(await Variable.aget(BUDGET_VARIABLE, default=None), now)
-        decision = budget(
-            now, claims, slug, target, per_target=per_target, all_targets=all_targets, take=True
-        )
-        if decision.granted:
-            await Variable.aset(BUDGET_VARIABLE, decision.claims, tags=TAGS, overwrite=True)
-    return decision
+
+    async def take_slot() -> Budget:
+        async with concurrency(BUDGET_LOCK, occupy=1, timeout_seconds=60, strict=True):
+            now = datetime.now(UTC)
+            claims = read_claims(await Variable.aget(BUDGET_VARIABLE, default=None), now)
+            decision = budget(
+                now, claims, slug, target, per_target=per_target, all_targets=all_targets,
+                take=True,
+            )  # fmt: skip
+            if decision.granted:
+                await Variable.aset(BUDGET_VARIABLE, decision.claims, tags=TAGS, overwrite=True)
+        return decision
+
+    try:
+        return await take_slot()
+    except ConcurrencySlotAcquisitionError:
+        # `strict`: the limit is missing (its first use, or deleted), never ignored; it is
+        # created then, rather than looked up before every claim.
+        await ensure_lock(BUDGET_LOCK)
+        return await take_slot()
 
 
 class Scheduled(BaseModel):

@@ -158,6 +158,13 @@ def test_budget_one_per_hour_skips_the_second_automatic_recovery(
     assert state.name in APPLIED, result.message
     assert sum(resets(healed).values()) > 0
     assert len(get_variable("hokusai-recovery-budget")["sandbox"]) == 1
+    # The budget's one-slot limit (removed before the test) was created by that claim:
+    # a missing limit is an error to the strict acquisition, never a limit ignored.
+
+    async def limit(client: Any) -> Any:
+        return await client.read_global_concurrency_limit_by_name(BUDGET_LOCK)
+
+    assert call(limit).limit == 1
 
     stuck(healed)
     state, result = automatic(created, diagnosis_run, budget_per_target=1)
@@ -177,6 +184,13 @@ def test_budget_one_per_hour_skips_the_second_automatic_recovery(
     # The budget of all targets together is counted the same way.
     state, _ = automatic(created, diagnosis_run, budget_per_target=5, budget_all_targets=1)
     assert state.name == "Skipped" and "of all targets" in state.message
+    assert sum(resets(healed).values()) == 0
+
+    # A plan that needs approval is not put to an operator when the budget would refuse
+    # it: the run stands down at once, it does not pause.
+    state, _ = automatic(created, diagnosis_run, budget_per_target=1, require_approval=True,
+                         approval_timeout_seconds=5)  # fmt: skip
+    assert state.name == "Skipped" and "budget exhausted" in state.message, state.message
     assert sum(resets(healed).values()) == 0
 
     # A recovery started by hand is the operator's decision: not held, and takes no slot.
