@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 POLL_INITIAL_S = 0.25
 POLL_MAX_S = 5.0
@@ -49,11 +50,22 @@ class Poller:
         """Percent of the timeout spent."""
         return 100 * self.elapsed / self.timeout_s
 
-    async def pause(self, seconds: float | None = None, *, back_off: bool = True) -> None:
-        """Sleep `seconds` (default: the current interval), never past the deadline; then,
-        when `back_off` (nothing progressed), the interval grows."""
+    async def pause(
+        self,
+        seconds: float | None = None,
+        *,
+        back_off: bool = True,
+        until: asyncio.Future[Any] | None = None,
+    ) -> None:
+        """Sleep `seconds` (default: the current interval), never past the deadline, or
+        only until `until` is done (not at all if it is already); then, when `back_off`
+        (nothing progressed), the interval grows."""
         wait = self.interval if seconds is None else seconds
-        await asyncio.sleep(max(0.0, min(wait, self.remaining)))
+        delay = max(0.0, min(wait, self.remaining))
+        if until is None:
+            await asyncio.sleep(delay)
+        elif not until.done():
+            await asyncio.wait({until}, timeout=delay)  # `until` runs on either way
         if back_off:
             self.interval = min(self.interval * POLL_GROWTH, self.max_interval_s)
 

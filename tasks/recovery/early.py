@@ -38,6 +38,11 @@ class EarlyVerification:
 
         self._running = asyncio.get_running_loop().create_task(run(), context=self._context)
 
+    @property
+    def running(self) -> asyncio.Task[DiagnosticReport | None] | None:
+        """The diagnosis begun last and not discarded, finished or not."""
+        return self._running
+
     def accept(self) -> None:
         """The streak completed after the diagnosis began: it may verify the recovery."""
         self.accepted = self._running is not None

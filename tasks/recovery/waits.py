@@ -20,7 +20,7 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from service_health.assessment import assess_api_connectivity, assess_health_endpoints
 from service_health.deploy_evidence import revision_label
 from service_health.endpoints import HEALTH, MLFLOW_HEALTH
-from service_health.models import CheckStatus
+from service_health.models import CheckStatus, DiagnosticReport
 from service_health.observations import HttpObservation
 from service_health.parsing import parse_health
 from service_health.recovery import (
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
 
 # Between the consecutive /health answers: two GETs a quarter of a second apart cost the
-# service nothing, and the streak's second answer is then rarely what the run waits for
-# (the final diagnosis, started at the first, takes longer).
+# service nothing. The last answer is asked earlier when the final diagnosis begun at the
+# one before has already ended (`_last_answer_after`).
 HEALTH_INTERVAL_S = 0.25
 # While a rollout converges, read its state at least this often (the poller's 5 s is for
 # long waits in general): the end of a rollout is noticed within a quarter of a second,
@@ -296,7 +296,9 @@ class _Stabilisation:
                     return await self.done(EntryStatus.SUCCESS, self._verdict(stable=True))
                 if self.poller.expired:
                     return await self.done(EntryStatus.FAILED, self._verdict(stable=False))
-                await self.poller.pause(pause, back_off=not ready or self.streak == 0)
+                await self.poller.pause(
+                    pause, back_off=not ready or self.streak == 0, until=self._last_answer_after()
+                )
 
     async def _ask(self, client: httpx.AsyncClient) -> HttpObservation:
         """One GET /health, within what is left of the wait."""
@@ -321,6 +323,15 @@ class _Stabilisation:
             return True
         self._broken()
         return False
+
+    def _last_answer_after(self) -> asyncio.Task[DiagnosticReport | None] | None:
+        """The final diagnosis begun at the streak's next-to-last answer, while it is what
+        the last answer waits for: that answer is asked as soon as it has ended (at most
+        HEALTH_INTERVAL_S later), so that the diagnosis lies wholly between healthy answers
+        and the streak ends no later than it needs to."""
+        if self.early is None or self.streak != self.consecutive - 1:
+            return None
+        return self.early.running
 
     def _broken(self) -> None:
         self.streak = 0

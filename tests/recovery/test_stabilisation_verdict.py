@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,7 +18,7 @@ from service_health.models import DiagnosticReport, Verdict
 from service_health.recovery import ActionResult
 from service_health.settings import CONSECUTIVE_HEALTHY
 from tasks.recovery.early import EarlyVerification
-from tasks.recovery.waits import WaitData, wait_for_stabilization
+from tasks.recovery.waits import HEALTH_INTERVAL_S, WaitData, wait_for_stabilization
 from tests.recovery.world import make_target
 
 
@@ -28,6 +29,7 @@ class Service:
         self.status = "degraded"
         self.script: list[str] = []  # the next answers' statuses, then `status`
         self.asked = 0
+        self.asked_at: list[float] = []  # time.monotonic() of each GET
 
     def body(self) -> bytes:
         if self.script:
@@ -51,6 +53,7 @@ def service(prefect_server: str) -> Iterator[tuple[str, Service]]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             state.asked += 1
+            state.asked_at.append(time.monotonic())
             body = state.body()
             self.send_response(200)  # 200 either way, as the contract says for degraded
             self.send_header("Content-Type", "application/json")
@@ -102,12 +105,17 @@ class Diagnoses:
     diagnose flow's, tested there): notes how many /health answers the service had given
     when each began, and returns the verdict asked for."""
 
-    def __init__(self, service: Service, verdict: Verdict = Verdict.HEALTHY) -> None:
-        self.service, self.verdict = service, verdict
+    def __init__(
+        self, service: Service, verdict: Verdict = Verdict.HEALTHY, seconds: float = 0.0
+    ) -> None:
+        self.service, self.verdict, self.seconds = service, verdict, seconds
         self.started_after: list[int] = []
+        self.ended_at: list[float] = []
 
     async def __call__(self) -> DiagnosticReport:
         self.started_after.append(self.service.asked)
+        await asyncio.sleep(self.seconds)
+        self.ended_at.append(time.monotonic())
         return DiagnosticReport(
             target="t", timestamp=f"2026-01-01T00:00:0{len(self.started_after)}+00:00",
             diagnostic_duration_seconds=0.0, overall_status=self.verdict,
@@ -140,6 +148,28 @@ def test_the_final_diagnosis_lies_between_the_streaks_healthy_answers(
     # Begun after the first healthy answer, and the streak's last answer came after it.
     assert diagnoses.started_after == [1] and state.asked == CONSECUTIVE_HEALTHY == 2
     assert taken is not None and taken.overall_status is Verdict.HEALTHY
+
+
+def test_the_last_answer_is_asked_once_the_diagnosis_has_ended(
+    service: tuple[str, Service],
+) -> None:
+    """Not a fixed quarter of a second after the one before: as soon as the diagnosis begun
+    there has ended (so it lies wholly between the two answers), and no later than the
+    interval when it takes longer."""
+    base, state = service
+    state.status = "healthy"
+    quick = Diagnoses(state, seconds=0.05)
+    result, taken = wait_early(base, quick)
+    assert result.success and taken is not None
+    first, last = state.asked_at
+    assert quick.ended_at[0] <= last < first + HEALTH_INTERVAL_S, (first, quick.ended_at, last)
+
+    state.asked, state.asked_at = 0, []
+    slow = Diagnoses(state, seconds=1.0)
+    result, taken = wait_early(base, slow)
+    assert result.success and taken is not None
+    first, last = state.asked_at
+    assert first + HEALTH_INTERVAL_S <= last < slow.ended_at[0], (first, last, slow.ended_at)
 
 
 def test_a_broken_streak_discards_the_diagnosis_begun_within_it(
