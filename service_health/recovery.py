@@ -404,14 +404,13 @@ def step_batches(steps: Sequence[RecoveryStep]) -> list[list[RecoveryStep]]:
     recovery ends a read's length sooner."""
     batches: list[list[RecoveryStep]] = []
     for step in steps:
-        last = batches[-1] if batches else None
-        joins = (
-            last is not None
-            and step.kind.effect is Effect.CHECKING
+        last = batches[-1] if batches else []
+        if (
+            step.kind.effect is Effect.CHECKING
+            and last
             and all(s.kind.effect is Effect.CHECKING for s in last)
             and not {s.number for s in last} & set(step.depends_on)
-        )
-        if joins and last is not None:
+        ):
             last.append(step)
         else:
             batches.append([step])

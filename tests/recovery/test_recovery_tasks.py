@@ -12,8 +12,8 @@ import boto3
 import httpx
 import pytest
 
+from flows.recover import _apply_steps, diagnose
 from flows.recover import apply as apply_plan
-from flows.recover import diagnose
 from sandbox.client import SandboxProcess
 from service_health.models import DiagnosticReport, Verdict
 from service_health.planning import plan_recovery
@@ -22,10 +22,13 @@ from service_health.recovery import (
     AnyActionResult,
     EntryStatus,
     RecoveryOutcome,
+    RecoveryPlan,
     RecoveryStep,
     StepKind,
     build_result,
+    parse_time,
 )
+from service_health.redaction import Redactor
 from service_health.settings import Target
 from tasks import aws
 from tasks.recovery import ActionContext, execute_step, read_recovery_history
@@ -375,10 +378,6 @@ def test_the_target_check_and_the_final_diagnosis_run_at_once(
     """The plan's tail (check_alb_targets, verify: reads that depend on nothing of each
     other) runs together: the final diagnosis begins before the target check has read the
     load balancer, and both results are logged in the plan's order."""
-    from flows.recover import _apply_steps
-    from service_health.recovery import RecoveryPlan, parse_time
-    from service_health.redaction import Redactor
-
     began: list[datetime] = []
 
     async def verify() -> DiagnosticReport:
