@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -39,20 +40,45 @@ def sandbox_up(proc: subprocess.Popen[str]) -> psutil.Process | None:
     return None
 
 
-def ready_tree(proc: subprocess.Popen[str]) -> tuple[list[psutil.Process], Path]:
-    """Once the sandbox is ready: the script and every process under it, and its state dir."""
+def tree_of(proc: subprocess.Popen[str]) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        me = psutil.Process(proc.pid)
+        return [me, *me.children(recursive=True)]
+    return []
+
+
+def ready_tree(
+    proc: subprocess.Popen[str], on_ready: Callable[[], None] | None = None
+) -> tuple[list[psutil.Process], Path]:
+    """Once the sandbox is ready: the script and every process under it, and its state dir.
+    `on_ready` is called the moment the sandbox is ready (before the script can go on to
+    diagnose and exit); the tree then joins what ran just before and just after it."""
     wait_for(lambda: proc.poll() is not None or sandbox_up(proc), 60, "the sandbox to start")
     up = sandbox_up(proc)
     assert up is not None, proc.communicate()[0]
     argv = up.cmdline()
     state_dir = Path(argv[argv.index("--state-dir") + 1])
-    wait_for(
-        lambda: proc.poll() is not None or (state_dir / "sandbox.json").exists(),
-        300, "the sandbox to be ready",
-    )  # fmt: skip
-    assert proc.poll() is None, proc.communicate()[0]
-    me = psutil.Process(proc.pid)
-    return [me, *me.children(recursive=True)], state_dir
+    before: list[psutil.Process] = []
+    alive_when_ready: list[bool] = []
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            alive_when_ready.append(False)
+            return True
+        snapshot = tree_of(proc)  # every server is up before sandbox.json is written
+        if not (state_dir / "sandbox.json").exists():
+            before[:] = snapshot
+            return False
+        alive_when_ready.append(True)
+        if on_ready is not None:
+            on_ready()
+        before[:] = snapshot
+        return True
+
+    wait_for(ready, 300, "the sandbox to be ready")
+    assert alive_when_ready == [True], proc.communicate()[0]
+    tree = {p.pid: p for p in [*before, *tree_of(proc)]}
+    return list(tree.values()), state_dir
 
 
 def assert_all_gone(tree: list[psutil.Process], state_dir: Path) -> None:
@@ -78,8 +104,8 @@ def test_sandbox_flag_diagnoses_its_own_sandbox_and_stops_it(
 
 def test_sandbox_flag_stops_the_sandbox_when_terminated(prefect_server: str) -> None:
     proc = start(prefect_server)
-    tree, state_dir = ready_tree(proc)
-    proc.send_signal(signal.SIGTERM)
+    # Terminated the moment its sandbox is ready: still running (it has not diagnosed yet).
+    tree, state_dir = ready_tree(proc, on_ready=lambda: proc.send_signal(signal.SIGTERM))
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, output
     assert_all_gone(tree, state_dir)
